@@ -1,0 +1,344 @@
+//! Request keys, shared by the response cache and the coalescing layer.
+//!
+//! A key names "the same request" for both layers: the scheme and authority,
+//! the path and the query (optionally normalised), optionally the method and a
+//! list of request headers whose values make responses differ. A custom key
+//! function replaces all of that when an application knows better.
+//!
+//! ```
+//! use http::{Method, Request};
+//! use tower_perf::key::{KeyOptions, RequestHead};
+//!
+//! let options = KeyOptions::new().sort_query(true).ignore_query_param("utm_source");
+//! let req = Request::get("http://example.com/items?b=2&utm_source=x&a=1")
+//!     .body(())
+//!     .unwrap();
+//! let key = options.key(&RequestHead::from_request(&req), None).unwrap();
+//! assert_eq!(key.as_bytes(), b"http://example.com/items?a=1&b=2");
+//! ```
+
+use std::{fmt, sync::Arc};
+
+use bytes::Bytes;
+use http::{header::HOST, Extensions, HeaderMap, HeaderName, Method, Request, Uri};
+
+/// A borrowed view of a request's head, given to custom key functions.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct RequestHead<'a> {
+    /// The request method.
+    pub method: &'a Method,
+    /// The request target.
+    pub uri: &'a Uri,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+    /// The request extensions (axum's `MatchedPath`, connection info, ...).
+    pub extensions: &'a Extensions,
+}
+
+impl<'a> RequestHead<'a> {
+    /// Borrows the head of `req`.
+    pub fn from_request<B>(req: &'a Request<B>) -> Self {
+        Self {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            extensions: req.extensions(),
+        }
+    }
+}
+
+/// A request key: cheap to clone, hashable, compared byte for byte.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(Bytes);
+
+impl Key {
+    /// A key from its raw bytes (what a custom key function or a purge call names).
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
+        Self(bytes.into())
+    }
+
+    /// The key's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Whether the key starts with `prefix`.
+    pub fn starts_with(&self, prefix: &[u8]) -> bool {
+        self.0.starts_with(prefix)
+    }
+
+    /// The number of bytes in the key.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the key is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({:?})", String::from_utf8_lossy(&self.0))
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
+impl From<&str> for Key {
+    fn from(s: &str) -> Self {
+        Self(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl From<String> for Key {
+    fn from(s: String) -> Self {
+        Self(Bytes::from(s))
+    }
+}
+
+type KeyFn = dyn Fn(&RequestHead<'_>) -> Option<String> + Send + Sync;
+
+/// How a request becomes a [`Key`].
+///
+/// The default key is `scheme://authority/path?query`: the scheme is taken from
+/// the URI (`http` when the server did not set one), the authority from the URI
+/// or the `Host` header.
+#[derive(Clone, Default)]
+pub struct KeyOptions {
+    sort_query: bool,
+    ignore_query: bool,
+    ignored_params: Arc<[Box<str>]>,
+    headers: Arc<[HeaderName]>,
+    key_fn: Option<Arc<KeyFn>>,
+}
+
+impl fmt::Debug for KeyOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyOptions")
+            .field("sort_query", &self.sort_query)
+            .field("ignore_query", &self.ignore_query)
+            .field("ignored_params", &self.ignored_params)
+            .field("headers", &self.headers)
+            .field("key_fn", &self.key_fn.as_ref().map(|_| "<fn>"))
+            .finish()
+    }
+}
+
+impl KeyOptions {
+    /// Keys from scheme, authority, path and query, as received.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sorts query parameters, so `?b=2&a=1` and `?a=1&b=2` share a key.
+    pub fn sort_query(mut self, sort: bool) -> Self {
+        self.sort_query = sort;
+        self
+    }
+
+    /// Leaves the whole query out of the key.
+    pub fn ignore_query(mut self, ignore: bool) -> Self {
+        self.ignore_query = ignore;
+        self
+    }
+
+    /// Leaves one query parameter (by name, e.g. `utm_source`) out of the key.
+    pub fn ignore_query_param(mut self, name: impl Into<String>) -> Self {
+        let mut params: Vec<Box<str>> = self.ignored_params.iter().cloned().collect();
+        params.push(name.into().into_boxed_str());
+        self.ignored_params = params.into();
+        self
+    }
+
+    /// Adds a request header whose value becomes part of the key.
+    pub fn header(mut self, name: HeaderName) -> Self {
+        let mut headers: Vec<HeaderName> = self.headers.iter().cloned().collect();
+        if !headers.contains(&name) {
+            headers.push(name);
+        }
+        self.headers = headers.into();
+        self
+    }
+
+    /// The request headers that are part of the key.
+    pub fn headers(&self) -> &[HeaderName] {
+        &self.headers
+    }
+
+    /// Replaces the key with the result of `f`; `None` means "do not key this
+    /// request" (the layer passes it through untouched).
+    pub fn key_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&RequestHead<'_>) -> Option<String> + Send + Sync + 'static,
+    {
+        self.key_fn = Some(Arc::new(f));
+        self
+    }
+
+    /// The key of a request, prefixed with `method` when one is given.
+    /// `None` when a custom key function declines the request.
+    pub fn key(&self, head: &RequestHead<'_>, method: Option<&Method>) -> Option<Key> {
+        let mut out = Vec::with_capacity(64 + head.uri.path().len());
+        if let Some(method) = method {
+            out.extend_from_slice(method.as_str().as_bytes());
+            out.push(b' ');
+        }
+        if let Some(f) = &self.key_fn {
+            out.extend_from_slice(f(head)?.as_bytes());
+            return Some(Key(out.into()));
+        }
+        self.write_target(head.uri, head.headers, &mut out);
+        for name in self.headers.iter() {
+            out.push(b'\n');
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.push(b':');
+            for (i, value) in head.headers.get_all(name).iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(value.as_bytes());
+            }
+        }
+        Some(Key(out.into()))
+    }
+
+    /// The key of an absolute or origin-form target seen from a request with
+    /// `headers` (used for invalidation of `Location` / `Content-Location`).
+    pub fn target_key(&self, uri: &Uri, headers: &HeaderMap) -> Key {
+        let mut out = Vec::with_capacity(64 + uri.path().len());
+        self.write_target(uri, headers, &mut out);
+        Key(out.into())
+    }
+
+    fn write_target(&self, uri: &Uri, headers: &HeaderMap, out: &mut Vec<u8>) {
+        out.extend_from_slice(uri.scheme_str().unwrap_or("http").as_bytes());
+        out.extend_from_slice(b"://");
+        match uri.authority() {
+            Some(authority) => out.extend_from_slice(authority.as_str().as_bytes()),
+            None => {
+                if let Some(host) = headers.get(HOST) {
+                    out.extend_from_slice(host.as_bytes());
+                }
+            }
+        }
+        out.extend_from_slice(uri.path().as_bytes());
+        if self.ignore_query {
+            return;
+        }
+        let Some(query) = uri.query() else { return };
+        if !self.sort_query && self.ignored_params.is_empty() {
+            if !query.is_empty() {
+                out.push(b'?');
+                out.extend_from_slice(query.as_bytes());
+            }
+            return;
+        }
+        let mut params: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter(|p| {
+                let name = p.split('=').next().unwrap_or(p);
+                !self.ignored_params.iter().any(|ignored| **ignored == *name)
+            })
+            .collect();
+        if self.sort_query {
+            params.sort_unstable();
+        }
+        for (i, param) in params.iter().enumerate() {
+            out.push(if i == 0 { b'?' } else { b'&' });
+            out.extend_from_slice(param.as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn key(options: &KeyOptions, uri: &str, method: Option<&Method>) -> Option<Key> {
+        let req = Request::get(uri)
+            .header("host", "example.org")
+            .header("accept-language", "fr")
+            .body(())
+            .unwrap();
+        options.key(&RequestHead::from_request(&req), method)
+    }
+
+    #[test]
+    fn default_key_is_scheme_authority_path_query() {
+        let o = KeyOptions::new();
+        assert_eq!(
+            key(&o, "https://example.com/a?x=1", None)
+                .unwrap()
+                .as_bytes(),
+            b"https://example.com/a?x=1"
+        );
+        // Origin-form: authority from Host, scheme defaults to http.
+        assert_eq!(
+            key(&o, "/a?x=1", None).unwrap().as_bytes(),
+            b"http://example.org/a?x=1"
+        );
+        assert_eq!(
+            key(&o, "/a?", None).unwrap().as_bytes(),
+            b"http://example.org/a"
+        );
+    }
+
+    #[test]
+    fn method_prefix_and_headers() {
+        let o = KeyOptions::new().header(HeaderName::from_static("accept-language"));
+        assert_eq!(
+            key(&o, "/a", Some(&Method::HEAD)).unwrap().as_bytes(),
+            b"HEAD http://example.org/a\naccept-language:fr"
+        );
+    }
+
+    #[test]
+    fn query_normalisation() {
+        let o = KeyOptions::new().sort_query(true).ignore_query_param("utm");
+        assert_eq!(
+            key(&o, "/a?z=1&utm=3&&a=2", None).unwrap().as_bytes(),
+            b"http://example.org/a?a=2&z=1"
+        );
+        let o = KeyOptions::new().ignore_query(true);
+        assert_eq!(
+            key(&o, "/a?z=1", None).unwrap().as_bytes(),
+            b"http://example.org/a"
+        );
+        let o = KeyOptions::new().ignore_query_param("utm");
+        assert_eq!(
+            key(&o, "/a?utm", None).unwrap().as_bytes(),
+            b"http://example.org/a"
+        );
+    }
+
+    #[test]
+    fn custom_key_fn_can_decline() {
+        let o = KeyOptions::new()
+            .key_fn(|head| (head.uri.path() != "/private").then(|| head.uri.path().to_owned()));
+        assert_eq!(
+            key(&o, "/x?y", Some(&Method::GET)).unwrap().as_bytes(),
+            b"GET /x"
+        );
+        assert!(key(&o, "/private", None).is_none());
+    }
+
+    #[test]
+    fn non_utf8_header_values_do_not_panic() {
+        let o = KeyOptions::new().header(HeaderName::from_static("x-bin"));
+        let mut req = Request::get("/a").body(()).unwrap();
+        req.headers_mut()
+            .insert("x-bin", HeaderValue::from_bytes(&[0xff, 0xfe]).unwrap());
+        let k = o.key(&RequestHead::from_request(&req), None).unwrap();
+        assert!(k.as_bytes().ends_with(&[0xff, 0xfe]));
+        assert!(!format!("{k:?}").is_empty());
+    }
+}

@@ -1,0 +1,40 @@
+//! Tower layers that keep HTTP and gRPC backends fast and standing under load.
+//!
+//! | layer | module | what it does |
+//! |---|---|---|
+//! | response cache | `cache` | RFC 9111 shared cache in process, bounded in bytes |
+//! | request coalescing | `coalesce` | one upstream call per in-flight key |
+//! | adaptive concurrency limit | `limit` | finds the backend's capacity, sheds the rest at once |
+//! | latency histograms | `latency` | per-route P50/P95/P99 through the `metrics` facade |
+//!
+//! Every layer keeps the inner service's error type (a cache hit or an
+//! overload rejection is a response, not an error), so each drops into
+//! `axum::Router::layer` without `HandleErrorLayer`.
+//!
+//! # Recommended order
+//!
+//! Outermost first: `latency -> limit -> cache -> coalesce -> handler`.
+//! Latency sees every outcome, shed requests included; the limiter protects
+//! what the cache cannot answer; coalescing collapses the misses that reach
+//! the backend.
+//!
+//! # Feature flags
+//!
+//! | feature | default | enables |
+//! |---|---|---|
+//! | `cache` | yes | the response cache |
+//! | `coalesce` | yes | request coalescing |
+//! | `limit` | yes | the adaptive concurrency limit |
+//! | `latency` | yes | latency histograms |
+//! | `axum` | no | route labels from axum's `MatchedPath` |
+//! | `full` | no | all of the above |
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(any(feature = "cache", feature = "coalesce"))]
+#[allow(dead_code)] // used by the layers
+pub(crate) mod body;
+#[cfg(any(feature = "cache", feature = "coalesce"))]
+pub mod key;
+#[cfg(any(feature = "latency", feature = "limit"))]
+#[allow(dead_code)] // used by the layers
+pub(crate) mod route;
