@@ -27,7 +27,7 @@ step "docs (broken links denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --locked
 
 step "each feature alone (cargo hack --each-feature)"
-cargo hack check --each-feature --no-dev-deps --locked
+cargo hack check --each-feature --no-dev-deps
 
 echo
 echo "all checks passed"
