@@ -11,7 +11,7 @@ const HEIGHT: f64 = 480.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 24.0;
 const TOP: f64 = 84.0;
-const BOTTOM: f64 = 72.0;
+const BOTTOM: f64 = 84.0;
 const SERIES: [(&str, &str, fn(&Percentiles) -> Duration); 3] = [
     ("P50", "#4c78a8", |p| p.p50),
     ("P95", "#f58518", |p| p.p95),
@@ -49,6 +49,7 @@ pub(crate) fn svg(rows: &[Row], subtitle: &str) -> String {
 "##,
         escape(subtitle)
     );
+    // Gridlines at 1, 2 and 5 of every decade; only the decades are dark.
     for decade in lo as i32..=hi as i32 {
         for (mult, major) in [(1.0, true), (2.0, false), (5.0, false)] {
             let us = mult * 10f64.powi(decade);
@@ -56,25 +57,23 @@ pub(crate) fn svg(rows: &[Row], subtitle: &str) -> String {
                 continue;
             }
             let yy = y(us);
-            let (stroke, label) = if major {
-                ("#cccccc", true)
+            let (stroke, fill) = if major {
+                ("#cccccc", "#444")
             } else {
-                ("#eeeeee", false)
+                ("#eeeeee", "#999")
             };
             let _ = writeln!(
                 s,
                 r#"<line x1="{LEFT}" x2="{:.1}" y1="{yy:.1}" y2="{yy:.1}" stroke="{stroke}"/>"#,
                 WIDTH - RIGHT
             );
-            if label {
-                let text = fmt_duration(Duration::from_secs_f64(us / 1e6));
-                let _ = writeln!(
-                    s,
-                    r##"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end" fill="#555">{text}</text>"##,
-                    LEFT - 8.0,
-                    yy + 4.0
-                );
-            }
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end" fill="{fill}">{}</text>"#,
+                LEFT - 8.0,
+                yy + 4.0,
+                axis_label(us)
+            );
         }
     }
     for (i, (name, color, _)) in SERIES.iter().enumerate() {
@@ -96,24 +95,21 @@ pub(crate) fn svg(rows: &[Row], subtitle: &str) -> String {
             HEIGHT - BOTTOM + 22.0,
             escape(row.scenario.name())
         );
-        let under = format!(
-            "{:.0} req/s, {} backend calls",
-            row.throughput, row.backend_calls
-        );
-        let _ = writeln!(
-            s,
-            r##"<text x="{center:.1}" y="{:.1}" font-size="10" text-anchor="middle" fill="#666">{under}</text>"##,
-            HEIGHT - BOTTOM + 38.0
-        );
+        let mut under = vec![
+            format!("{:.0} req/s", row.throughput),
+            format!("{} backend calls", row.backend_calls),
+        ];
         if row.shed > 0 {
-            let shed = format!(
+            under.push(format!(
                 "shed {:.1}%",
                 row.shed as f64 * 100.0 / row.sent.max(1) as f64
-            );
+            ));
+        }
+        for (i, line) in under.iter().enumerate() {
             let _ = writeln!(
                 s,
-                r##"<text x="{center:.1}" y="{:.1}" font-size="10" text-anchor="middle" fill="#b03030">{shed}</text>"##,
-                HEIGHT - BOTTOM + 52.0
+                r##"<text x="{center:.1}" y="{:.1}" font-size="10" text-anchor="middle" fill="#666">{line}</text>"##,
+                HEIGHT - BOTTOM + 38.0 + 13.0 * i as f64
             );
         }
         let Some(p) = &row.latency else {
@@ -155,6 +151,16 @@ pub(crate) fn svg(rows: &[Row], subtitle: &str) -> String {
     );
     s.push_str("</svg>\n");
     s
+}
+
+/// Gridline labels: round values read best without decimals (`2ms`, `500ms`, `1s`).
+fn axis_label(us: f64) -> String {
+    let us = us.round() as u64;
+    match us {
+        0..=999 => format!("{us}µs"),
+        1_000..=999_999 => format!("{}ms", us / 1_000),
+        _ => format!("{}s", us / 1_000_000),
+    }
 }
 
 fn escape(text: &str) -> String {

@@ -69,6 +69,9 @@ async fn run(options: Options) -> Result<(), String> {
         timeout: options.timeout,
         max_in_flight: options.max_in_flight,
     };
+    // Fail before a minute of load, not after it.
+    let dir = &options.out;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let n = options.scenarios.len();
     println!(
         "tower-perf showcase: {n} scenario{} × {:.1}s, {:.0} req/s with a {:.0} req/s spike, \
@@ -128,7 +131,6 @@ fn write_results(
     rows: &[Row],
 ) -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
     let dir = &options.out;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let (md_path, svg_path) = (dir.join("showcase.md"), dir.join("latency.svg"));
     let subtitle = format!(
         "{:.0} req/s base, {:.0} req/s spike, {:.0}s per scenario, {} database connections; {}",

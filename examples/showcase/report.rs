@@ -232,12 +232,14 @@ const COUNT_NOISE: f64 = 0.05;
 
 /// What a scenario changed compared with the bare app, in measured terms.
 fn bought(row: &Row, base: Option<&Row>) -> String {
-    let Some(base) = base else {
-        return "- (bare not run)".to_owned();
-    };
-    if row.scenario == Scenario::Bare {
-        return "baseline".to_owned();
+    match base {
+        None => "- (bare not run)".to_owned(),
+        Some(_) if row.scenario == Scenario::Bare => "baseline".to_owned(),
+        Some(base) => changes(row, base),
     }
+}
+
+fn changes(row: &Row, base: &Row) -> String {
     let mut parts = Vec::new();
     if let (Some(b), Some(r)) = (&base.latency, &row.latency) {
         for (name, b, r) in [("P50", b.p50, r.p50), ("P99", b.p99, r.p99)] {
@@ -469,6 +471,54 @@ mod tests {
             t.markdown(),
             "| name | n |\n|---|---:|\n| a | 1 |\n| long | 100 |\n"
         );
+    }
+
+    fn row(p50_ms: u64, p99_ms: u64, calls: u64, throughput: f64, shed: u64) -> Row {
+        let ms = Duration::from_millis;
+        let latency = Percentiles {
+            count: 1000,
+            p50: ms(p50_ms),
+            p95: ms(p99_ms),
+            p99: ms(p99_ms),
+            max: ms(p99_ms),
+        };
+        Row {
+            scenario: Scenario::Bare,
+            sent: 1000,
+            ok: 1000 - shed,
+            shed,
+            errors: 0,
+            timeouts: 0,
+            dropped: 0,
+            throughput,
+            elapsed: Duration::from_secs(4),
+            latency: Some(latency),
+            by_phase: Vec::new(),
+            by_route: Vec::new(),
+            backend_calls: calls,
+            pool_timeouts: 0,
+            hit_ratio: None,
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn what_it_bought_reports_changes_past_noise_both_ways() {
+        let base = row(100, 900, 1000, 250.0, 0);
+        let same = row(105, 880, 1010, 251.0, 0);
+        assert_eq!(changes(&same, &base), "≈ bare (no change past noise)");
+        let better = row(10, 30, 200, 240.0, 0);
+        assert_eq!(
+            changes(&better, &base),
+            "P50 10.0× lower, P99 30.0× lower, −80% backend calls"
+        );
+        let worse = row(150, 1800, 1000, 200.0, 50);
+        assert_eq!(
+            changes(&worse, &base),
+            "P50 1.5× higher, P99 2.0× higher, −20% throughput, sheds 5.0%"
+        );
+        assert_eq!(bought(&base, Some(&base)), "baseline");
+        assert_eq!(bought(&base, None), "- (bare not run)");
     }
 
     #[test]

@@ -84,7 +84,18 @@ impl Built {
 ///     let limit = AdaptiveLimitLayer::new();
 ///     let handle = limit.handle();
 ///     Built::new(app.layer(limit))
-///         .live(move || format!("limit {}", handle.limit()))
+///         .live(move || format!("limit {} in flight {}", handle.limit(), handle.in_flight()))
+/// }
+/// Scenario::Latency => {
+///     let latency = LatencyLayer::new().summary();
+///     let summary = latency.summary_handle();
+///     Built::new(app.layer(latency)).notes(move || {
+///         let routes = summary.iter().flat_map(|s| s.routes());
+///         routes
+///             .map(|r| format!("{}: {} requests, P99 {}", r.route, r.count, fmt_duration(r.p99)))
+///             .collect::<Vec<_>>()
+///             .join("\n")
+///     })
 /// }
 /// Scenario::FullStack => Built::new(
 ///     app.layer(CoalesceLayer::new())      // innermost: collapses identical misses
