@@ -179,3 +179,44 @@ fn json(route: Route, body: String) -> Response {
     ];
     (headers, body).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_pool_queues_then_fails_like_a_real_one() {
+        let db = Backend::new(1, 1);
+        let busy = tokio::spawn({
+            let db = Arc::clone(&db);
+            async move {
+                let _connection = db.pool.acquire().await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        });
+        tokio::task::yield_now().await;
+        let err = db.query(Route::Item).await.unwrap_err();
+        assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!((db.total_calls(), db.pool_timeouts()), (1, 1));
+        busy.abort();
+        let _ = busy.await;
+        // With the connection back, queries run and nothing is left counted as running.
+        db.query(Route::Search).await.unwrap();
+        assert_eq!((db.calls(Route::Search), db.pool_timeouts()), (1, 1));
+        assert_eq!(db.pool_status(), "db 0/1 busy, 0 waiting");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queries_slow_down_with_contention() {
+        let db = Backend::new(64, 1);
+        let start = tokio::time::Instant::now();
+        db.query(Route::Item).await.unwrap();
+        let alone = start.elapsed();
+        let start = tokio::time::Instant::now();
+        let queries = (0..40).map(|_| db.query(Route::Item));
+        futures::future::join_all(queries).await;
+        let crowded = start.elapsed();
+        // 39 others at 5% each: the slowest of 40 takes about 3x a lone query.
+        assert!(crowded > alone * 2, "alone {alone:?}, crowded {crowded:?}");
+    }
+}

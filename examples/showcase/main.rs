@@ -22,12 +22,14 @@ mod workload;
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
 use crate::cli::{Command, Options};
 use crate::load::Plan;
 use crate::report::{Context, Row};
+use crate::scenario::Scenario;
 
 fn main() -> ExitCode {
     let options = match cli::parse(std::env::args().skip(1)) {
@@ -92,28 +94,8 @@ async fn run(options: Options) -> Result<(), String> {
         .unwrap_or(0);
     let mut rows = Vec::with_capacity(n);
     for (i, &scenario) in options.scenarios.iter().enumerate() {
-        let backend = backend::Backend::new(options.db_connections, options.seed);
-        let built = scenario::build(scenario, backend::app(backend.clone()));
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| format!("cannot listen on 127.0.0.1: {e}"))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let server = tokio::spawn(async move { axum::serve(listener, built.router).await });
-
         let label = format!("[{}/{n}] {:<width$}", i + 1, scenario.name());
-        let live = {
-            let (backend, layers) = (backend.clone(), built.live);
-            move || match &layers {
-                Some(probe) => format!("{}  | {}", backend.pool_status(), probe()),
-                None => backend.pool_status(),
-            }
-        };
-        let run = load::run(addr, &plan, &label, Box::new(live)).await;
-        server.abort();
-        let notes = built
-            .notes
-            .map(|probe| probe().lines().map(str::to_owned).collect());
-        let row = Row::new(scenario, &run, &plan, &backend, notes.unwrap_or_default());
+        let row = run_scenario(scenario, &plan, options.db_connections, &label).await?;
         eprintln!("[{}/{n}] {}", i + 1, row.one_line());
         rows.push(row);
     }
@@ -122,6 +104,43 @@ async fn run(options: Options) -> Result<(), String> {
     let (markdown, svg) = write_results(&options, &plan, &rows)?;
     println!("report: {}\nchart:  {}", markdown.display(), svg.display());
     Ok(())
+}
+
+/// Serves a fresh backend wrapped in `scenario`'s layers on loopback and drives `plan`
+/// against it.
+async fn run_scenario(
+    scenario: Scenario,
+    plan: &Plan,
+    db_connections: usize,
+    label: &str,
+) -> Result<Row, String> {
+    let backend = backend::Backend::new(db_connections, plan.seed);
+    let built = scenario::build(scenario, backend::app(Arc::clone(&backend)));
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot listen on 127.0.0.1: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let server = tokio::spawn(async move { axum::serve(listener, built.router).await });
+
+    let live = {
+        let (backend, layers) = (Arc::clone(&backend), built.live);
+        move || match &layers {
+            Some(probe) => format!("{}  | {}", backend.pool_status(), probe()),
+            None => backend.pool_status(),
+        }
+    };
+    let run = load::run(addr, plan, label, Box::new(live)).await;
+    server.abort();
+    let notes = built
+        .notes
+        .map(|probe| probe().lines().map(str::to_owned).collect());
+    Ok(Row::new(
+        scenario,
+        &run,
+        plan,
+        &backend,
+        notes.unwrap_or_default(),
+    ))
 }
 
 /// Writes the Markdown report and the SVG chart; returns their paths.
@@ -213,7 +232,33 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::civil_from_days;
+    use super::*;
+
+    /// The generator, the server and the backend's counters agree over real TCP.
+    #[tokio::test]
+    async fn a_short_bare_run_adds_up() {
+        let plan = Plan {
+            duration: std::time::Duration::from_millis(400),
+            rate: 100.0,
+            phases: workload::phases(2.0),
+            seed: 7,
+            timeout: std::time::Duration::from_secs(10),
+            max_in_flight: 1_000,
+        };
+        let row = run_scenario(Scenario::Bare, &plan, 8, "test")
+            .await
+            .unwrap();
+        assert!(row.sent > 0);
+        assert_eq!((row.ok, row.shed, row.errors), (row.sent, 0, 0));
+        assert_eq!(
+            row.backend_calls, row.sent,
+            "bare: every request reaches the backend"
+        );
+        assert_eq!(row.hit_ratio, None, "no cache, no Cache-Status");
+        assert_eq!(row.latency.map(|l| l.count as u64), Some(row.ok));
+        let per_route: u64 = row.by_route.iter().map(|(_, _, calls)| calls).sum();
+        assert_eq!(per_route, row.backend_calls);
+    }
 
     #[test]
     fn civil_dates() {
