@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::scenario::Probe;
-use crate::workload::{phase_at, Mix, Phase, Rng, Route};
+use crate::workload::{phase_at, Call, Mix, Phase, Rng, Route};
 
 /// What to send, how fast and for how long.
 #[derive(Clone, Debug)]
@@ -77,7 +77,7 @@ pub(crate) struct Run {
     pub(crate) samples: Vec<Sample>,
     /// Requests not sent because `max_in_flight` were outstanding.
     pub(crate) dropped: u64,
-    /// From the first scheduled request to the last response.
+    /// From the start to the last response, at least the planned duration.
     pub(crate) elapsed: Duration,
 }
 
@@ -121,61 +121,57 @@ pub(crate) async fn run(addr: SocketAddr, plan: &Plan, label: &str, live: Probe)
     let mut rng = Rng::new(plan.seed);
     let mut tasks = JoinSet::new();
     let mut samples = Vec::with_capacity((plan.rate * plan.duration.as_secs_f64() * 1.5) as usize);
-    let (mut dropped, mut at) = (0, start);
+    let (mut dropped, mut at, plan_timeout) = (0, start, plan.timeout);
     while at < start + plan.duration {
-        let phase = phase_at(
-            &plan.phases,
-            (at - start).as_secs_f64() / plan.duration.as_secs_f64(),
-        );
+        let scheduled = at;
+        let fraction = (scheduled - start).as_secs_f64() / plan.duration.as_secs_f64();
+        let phase = phase_at(&plan.phases, fraction);
         // Draw before deciding whether to send, so every scenario sees the same sequence.
         let call = mix.draw(&mut rng);
-        let gap = rng.exponential(1.0 / (plan.rate * plan.phases[phase].factor));
-        tokio::time::sleep_until(at).await;
-        if counters.in_flight() >= plan.max_in_flight {
-            dropped += 1;
+        at +=
+            Duration::from_secs_f64(rng.exponential(1.0 / (plan.rate * plan.phases[phase].factor)));
+        tokio::time::sleep_until(scheduled).await;
+        let request = if counters.in_flight() < plan.max_in_flight {
+            request(addr, &call)
         } else {
-            let uri = format!("http://{addr}{}", call.target);
-            let body = match call.route {
-                Route::Order => Bytes::from_static(b"{\"item\":1,\"quantity\":2}"),
-                _ => Bytes::new(),
+            None
+        };
+        let Some(request) = request else {
+            dropped += 1;
+            continue;
+        };
+        counters.sent.fetch_add(1, Ordering::Relaxed);
+        let (client, counters) = (client.clone(), Arc::clone(&counters));
+        tasks.spawn(async move {
+            let deadline = scheduled + plan_timeout;
+            let result = tokio::time::timeout_at(deadline, exchange(&client, request)).await;
+            let micros = u32::try_from(scheduled.elapsed().as_micros()).unwrap_or(u32::MAX);
+            let (outcome, cache) = result.unwrap_or((Outcome::Timeout, CacheSeen::Absent));
+            counters.done.fetch_add(1, Ordering::Relaxed);
+            let counter = match outcome {
+                Outcome::Ok => &counters.ok,
+                Outcome::Shed => &counters.shed,
+                _ => &counters.errors,
             };
-            let request = Request::builder()
-                .method(call.route.method())
-                .uri(uri)
-                .body(Full::new(body))
-                .expect("the generator builds valid requests");
-            counters.sent.fetch_add(1, Ordering::Relaxed);
-            let (client, counters) = (client.clone(), Arc::clone(&counters));
-            let deadline = at + plan.timeout;
-            tasks.spawn(async move {
-                let result = tokio::time::timeout_at(deadline, exchange(&client, request)).await;
-                let micros = u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX);
-                let (outcome, cache) = result.unwrap_or((Outcome::Timeout, CacheSeen::Absent));
-                counters.done.fetch_add(1, Ordering::Relaxed);
-                let counter = match outcome {
-                    Outcome::Ok => &counters.ok,
-                    Outcome::Shed => &counters.shed,
-                    _ => &counters.errors,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                Sample {
-                    route: call.route,
-                    phase,
-                    micros,
-                    outcome,
-                    cache,
-                }
-            });
-        }
+            counter.fetch_add(1, Ordering::Relaxed);
+            let route = call.route;
+            Sample {
+                route,
+                phase,
+                micros,
+                outcome,
+                cache,
+            }
+        });
         while let Some(done) = tasks.try_join_next() {
             samples.extend(done.ok());
         }
-        at += Duration::from_secs_f64(gap);
     }
     while let Some(done) = tasks.join_next().await {
         samples.extend(done.ok());
     }
-    let elapsed = start.elapsed();
+    // The run lasts its duration even when the last arrival comes early.
+    let elapsed = start.elapsed().max(plan.duration);
     progress.abort();
     let _ = progress.await;
     if std::io::stderr().is_terminal() {
@@ -186,6 +182,20 @@ pub(crate) async fn run(addr: SocketAddr, plan: &Plan, label: &str, live: Probe)
         dropped,
         elapsed,
     }
+}
+
+/// The HTTP request for `call`; `None` only if it could not be built, which the
+/// generator's own targets never cause.
+fn request(addr: SocketAddr, call: &Call) -> Option<Request<Full<Bytes>>> {
+    let body = match call.route {
+        Route::Order => Bytes::from_static(b"{\"item\":1,\"quantity\":2}"),
+        _ => Bytes::new(),
+    };
+    Request::builder()
+        .method(call.route.method())
+        .uri(format!("http://{addr}{}", call.target))
+        .body(Full::new(body))
+        .ok()
 }
 
 /// Sends one request and reads the whole response body.

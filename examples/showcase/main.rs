@@ -77,13 +77,14 @@ async fn run(options: Options) -> Result<(), String> {
     let n = options.scenarios.len();
     println!(
         "tower-perf showcase: {n} scenario{} × {:.1}s, {:.0} req/s with a {:.0} req/s spike, \
-         {} database connections (about {:.0}s in all)\n",
+         {} database connections (about {:.0}s in all)\nmachine: {}\n",
         if n == 1 { "" } else { "s" },
         plan.duration.as_secs_f64(),
         plan.rate,
         plan.rate * options.spike,
         options.db_connections,
         n as f64 * (plan.duration.as_secs_f64() + 0.5),
+        machine(),
     );
 
     let width = options

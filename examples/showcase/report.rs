@@ -282,8 +282,9 @@ fn changes(row: &Row, base: &Row) -> String {
 /// The table printed at the end of the run, with any layer notes under it.
 pub(crate) fn terminal(rows: &[Row]) -> String {
     let mut out = summary_table(rows).text();
-    out += "throughput = successful responses per second; latency over successful responses, \
-            from the scheduled send time; shed = 503.\n";
+    out += "\nthroughput: successful responses per second. P50/P95/P99: successful responses, \
+            timed from\nthe scheduled send. shed: 503 responses. cache hits: responses whose \
+            Cache-Status says hit.\n";
     for row in rows.iter().filter(|r| !r.notes.is_empty()) {
         let _ = writeln!(out, "\n{}:", row.scenario.name());
         for note in &row.notes {
