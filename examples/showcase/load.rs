@@ -128,8 +128,8 @@ pub(crate) async fn run(addr: SocketAddr, plan: &Plan, label: &str, live: Probe)
         let phase = phase_at(&plan.phases, fraction);
         // Draw before deciding whether to send, so every scenario sees the same sequence.
         let call = mix.draw(&mut rng);
-        at +=
-            Duration::from_secs_f64(rng.exponential(1.0 / (plan.rate * plan.phases[phase].factor)));
+        let rate = plan.rate * plan.phases[phase].factor;
+        at += Duration::from_secs_f64(rng.exponential(1.0 / rate));
         tokio::time::sleep_until(scheduled).await;
         let request = if counters.in_flight() < plan.max_in_flight {
             request(addr, &call)
