@@ -208,6 +208,7 @@ fn runtime(name: &str, threads: usize) -> std::io::Result<Runtime> {
 }
 
 fn run(opts: &Options, args: &[String]) -> Result<(), BoxError> {
+    let load_at_start = load_average();
     let server_rt = runtime(cpu::SERVER, opts.server_threads)?;
     let client_rt = runtime(cpu::CLIENT, opts.client_threads)?;
     // One global metrics recorder for every contender (axum-prometheus
@@ -274,7 +275,11 @@ fn run(opts: &Options, args: &[String]) -> Result<(), BoxError> {
             .chain(args.iter().cloned())
             .collect::<Vec<_>>()
             .join(" "),
-        machine: machine(),
+        machine: format!(
+            "{}; 1-minute load average {load_at_start} at start, {} at end",
+            machine(),
+            load_average()
+        ),
         method: method(opts),
         client_threads: opts.client_threads,
     };
@@ -382,11 +387,15 @@ fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let load = std::fs::read_to_string("/proc/loadavg")
+    format!("{cpu}, {cores} cores")
+}
+
+/// The machine's 1-minute load average: how much else was running.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "n/a".into());
-    format!("{cpu}, {cores} cores (shared); 1-minute load average at start {load}")
+        .unwrap_or_else(|| "n/a".into())
 }
 
 fn method(o: &Options) -> Vec<String> {
