@@ -433,6 +433,11 @@ fn method(o: &Options) -> Vec<String> {
             o.max_connections,
             o.no_load,
         ),
+        "columns: `× bare` is the median of per-round throughput ratios (higher is better); \
+         `CPU × bare` is server CPU per 2xx response relative to bare (lower is cheaper); \
+         `backend calls/req` is handler invocations per request sent; `503s` are shed \
+         responses, `failed` other statuses, transport errors and timeouts (medians per run)"
+            .into(),
         "every app instance is boxed the same way (one BoxCloneService); peers whose error \
          type is not Infallible have errors mapped to responses (tower Overloaded → 503, else \
          500), as an axum user must"
