@@ -282,6 +282,7 @@ fn run(opts: &Options, args: &[String]) -> Result<(), BoxError> {
         ),
         method: method(opts),
         client_threads: opts.client_threads,
+        capacity: opts.db.capacity(),
     };
     let md = report::markdown(&ctx, &contenders, &opts.jobs, &results);
     println!("{md}");
