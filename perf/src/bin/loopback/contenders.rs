@@ -3,7 +3,7 @@
 //! A contender is a name, the jobs it runs, a one-line description of its
 //! configuration (printed with the results) and a function that wraps the
 //! app's `Router` into what is served. Adding one is one line in
-//! [`tower_perf`] or [`peers`].
+//! [`tower_perf()`] or [`peers()`].
 
 use std::convert::Infallible;
 use std::sync::OnceLock;
