@@ -73,7 +73,7 @@ impl Sample {
 /// let layer = AdaptiveLimitLayer::with_algorithm(Halving).initial_limit(8);
 /// assert_eq!(layer.handle().limit(), 8);
 /// ```
-pub trait Algorithm: Clone + fmt::Debug + Send + 'static {
+pub trait Algorithm: Clone + fmt::Debug + Send + Sync + 'static {
     /// The limit after a window that measured `sample`, starting from `limit`.
     fn update(&mut self, limit: usize, sample: &Sample) -> usize;
 }
