@@ -650,8 +650,8 @@ fn half_load() {
 #[test]
 fn overload_2x() {
     let (_, p99_0) = exp_no_load();
-    let mut s = Scenario::new("2× overload (3200 req/s, 15 s)", 15.0, |_| 2.0 * CAPACITY);
-    s.measure = (5.0, 15.0);
+    let mut s = Scenario::new("2× overload (3200 req/s, 12 s)", 12.0, |_| 2.0 * CAPACITY);
+    s.measure = (4.0, 12.0);
     let run = run_all(&s, p99_0, &[], |_| vec![]);
     let f = run.measured(&s);
     assert!(f.goodput >= 0.95 * CAPACITY, "goodput {:.0}", f.goodput);
@@ -726,11 +726,11 @@ fn service_time_step() {
 fn ramp_to_3x() {
     let (_, p99_0) = exp_no_load();
     let mut s = Scenario::new(
-        "Ramp 0 → 3× capacity over 10 s, then 3× to 20 s (goodput from 5 s)",
-        20.0,
-        |t| 3.0 * CAPACITY * (t / 10.0).min(1.0),
+        "Ramp 0 → 3× capacity over 8 s, then 3× to 14 s (goodput from 4 s)",
+        14.0,
+        |t| 3.0 * CAPACITY * (t / 8.0).min(1.0),
     );
-    s.measure = (5.0, 20.0);
+    s.measure = (4.0, 14.0);
     let run = run_all(&s, p99_0, &[], |_| vec![]);
     let f = run.measured(&s);
     assert!(f.goodput >= 0.9 * CAPACITY, "goodput {:.0}", f.goodput);
@@ -742,11 +742,11 @@ fn lognormal_service_time() {
     let (_, p99_0) = no_load(dist);
     let mut s = Scenario::new(
         "High-variance service time: lognormal, mean 10 ms, σ = 1.2 (CV 1.8), 2× overload",
-        15.0,
+        12.0,
         |_| 2.0 * CAPACITY,
     );
     s.dist = dist;
-    s.measure = (5.0, 15.0);
+    s.measure = (4.0, 12.0);
     let run = run_all(&s, p99_0, &[], |_| vec![]);
     let f = run.measured(&s);
     assert!(f.goodput >= 0.9 * CAPACITY, "goodput {:.0}", f.goodput);
@@ -758,11 +758,11 @@ fn backend_rejects_above_k() {
     let (_, p99_0) = exp_no_load();
     let mut s = Scenario::new(
         "Backend answers 503 above K = 8 in flight (3200 req/s)",
-        15.0,
+        12.0,
         |_| 2.0 * CAPACITY,
     );
     s.fail_at = Some(K);
-    s.measure = (5.0, 15.0);
+    s.measure = (4.0, 12.0);
     let run = run_all(&s, p99_0, &[], |_| vec![]);
     let f = run.measured(&s);
     let k = K as f64;
@@ -799,15 +799,15 @@ fn burst_after_idle() {
 fn partitions_protect_live_traffic() {
     let (_, p99_0) = exp_no_load();
     let mut s = Scenario::new(
-        "Partitions live 0.9 / batch 0.1: live 1120 req/s, batch 4800 req/s (x-class header)",
-        15.0,
+        "Partitions live 0.9 / batch 0.1: live 1120 req/s, batch 3200 req/s (x-class header)",
+        12.0,
         |_| 0.7 * CAPACITY,
     );
-    s.batch_rate = Some(|_| 3.0 * CAPACITY);
+    s.batch_rate = Some(|_| 2.0 * CAPACITY);
     s.partitions = Some((0.9, 0.1));
-    s.measure = (5.0, 15.0);
-    let live = |run: &Run| run.figures(5.0, 15.0, |r| !r.batch);
-    let batch = |run: &Run| run.figures(5.0, 15.0, |r| r.batch);
+    s.measure = (4.0, 12.0);
+    let live = |run: &Run| run.figures(4.0, 12.0, |r| !r.batch);
+    let batch = |run: &Run| run.figures(4.0, 12.0, |r| r.batch);
     let extras = [
         "live goodput",
         "live rejected",

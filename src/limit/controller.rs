@@ -200,9 +200,8 @@ impl<A: Algorithm> Shared<A> {
         let mut state = self.lock();
         if self.admissible(&state, partition) {
             let in_flight = self.enter(&mut state, partition);
+            self.count_admitted();
             drop(state);
-            self.stats.admitted.fetch_add(1, Relaxed);
-            self.metrics.admitted.increment(1);
             return Admit::Now(Permit::new(self.clone(), partition, in_flight));
         }
         if let Some(queue) = self.config.queue {
@@ -225,6 +224,13 @@ impl<A: Algorithm> Shared<A> {
         drop(state);
         self.count_rejected();
         Admit::Rejected
+    }
+
+    /// Under the lock, so a plain load and store count without a
+    /// read-modify-write.
+    fn count_admitted(&self) {
+        bump(&self.stats.admitted);
+        self.metrics.admitted.increment(1);
     }
 
     pub(crate) fn count_rejected(&self) {
@@ -277,9 +283,9 @@ impl<A: Algorithm> Shared<A> {
         if permit.outcome != Outcome::Ignore {
             let rtt = now.saturating_duration_since(permit.start);
             let dropped = permit.outcome == Outcome::Drop;
-            self.stats.samples.fetch_add(1, Relaxed);
+            bump(&self.stats.samples);
             if dropped {
-                self.stats.drops.fetch_add(1, Relaxed);
+                bump(&self.stats.drops);
                 self.metrics.drops.increment(1);
             }
             if let Some(sample) = state.window.add(now, rtt, permit.in_flight, dropped) {
@@ -316,8 +322,7 @@ impl<A: Algorithm> Shared<A> {
                 // The waiter gave up (timed out or cancelled): undo.
                 self.leave(state, waiter.partition);
             } else {
-                self.stats.admitted.fetch_add(1, Relaxed);
-                self.metrics.admitted.increment(1);
+                self.count_admitted();
             }
         }
     }
@@ -326,6 +331,11 @@ impl<A: Algorithm> Shared<A> {
         let waiter = &state.queue[index];
         !waiter.tx.is_closed() && self.admissible(state, waiter.partition)
     }
+}
+
+/// Adds one to a counter only ever written under the state lock.
+fn bump(counter: &AtomicU64) {
+    counter.store(counter.load(Relaxed) + 1, Relaxed);
 }
 
 /// A request's slot under the limit; ends (and is sampled) when dropped.
@@ -357,7 +367,7 @@ impl<A: Algorithm> Permit<A> {
 
 impl<A: Algorithm> Drop for Permit<A> {
     fn drop(&mut self) {
-        self.shared.clone().release(self);
+        self.shared.release(self);
     }
 }
 
