@@ -11,7 +11,7 @@ use std::{
     convert::Infallible,
     future::{ready, Future, Ready},
     pin::pin,
-    task::{Context, Poll, Waker},
+    task::{Context, Poll},
 };
 
 use bytes::Bytes;
@@ -55,7 +55,7 @@ where
 }
 
 fn bench(c: &mut Criterion) {
-    let mut cx = Context::from_waker(Waker::noop());
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
     let mut group = c.benchmark_group("limit");
     group.bench_function("bare", |b| {
         let mut svc = Inner;

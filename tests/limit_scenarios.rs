@@ -231,7 +231,6 @@ struct Run {
     records: Vec<Record>,
     /// (seconds since start, limit), every 10 ms.
     limits: Vec<(f64, usize)>,
-    duration: f64,
 }
 
 /// Drives `svc` through the scenario.
@@ -336,11 +335,7 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
         let records = std::mem::take(&mut *records.lock().unwrap());
         let limits = std::mem::take(&mut *limits.lock().unwrap());
-        Run {
-            records,
-            limits,
-            duration: scenario.duration,
-        }
+        Run { records, limits }
     })
 }
 
@@ -516,7 +511,7 @@ impl Run {
     /// up to `to`.
     fn settle_time(&self, from: f64, to: f64, bound: f64) -> f64 {
         let series = self.p99_series(from, to);
-        let last_bad = series.iter().rposition(|&p| !(p <= bound));
+        let last_bad = series.iter().rposition(|&p| p.is_nan() || p > bound);
         last_bad.map_or(0.0, |i| (i + 1) as f64)
     }
 
