@@ -43,12 +43,13 @@
 //! `docs/limit-scenarios.md`): it holds the queue at a few requests, so under
 //! 2× overload it keeps about 100 % of capacity with admitted p99 within
 //! 15 % of the no-load p99, while [`Gradient2`] lets the RTT grow by its
-//! tolerance (p99 +45 %) and [`Aimd`] only backs off on errors (p99 2.7×).
+//! tolerance (p99 +40 %) and [`Aimd`] only backs off on errors (p99 2.4×).
 //! It also reacts to drops, so it settles near a backend's real concurrency
 //! when the backend answers 503 past it. Its known weakness: started far
-//! above capacity under sustained overload, it learns an inflated no-load
-//! RTT and stays high until its next probe; keep the initial limit modest
-//! (the default is 20).
+//! above capacity under sustained overload, it never sees an unqueued RTT,
+//! so it learns an inflated no-load RTT and settles too high (from 200 at
+//! 2× overload it stalls near 3 × the backend's concurrency) until its next
+//! probe; keep the initial limit modest (the default is 20).
 //!
 //! # Example
 //!
