@@ -33,7 +33,7 @@
 #[cfg(any(feature = "cache", feature = "coalesce"))]
 #[allow(dead_code)] // used by the layers
 pub(crate) mod body;
-#[cfg(any(feature = "cache", feature = "coalesce"))]
+#[cfg(any(feature = "cache", feature = "coalesce", feature = "limit"))]
 pub mod key;
 #[cfg(feature = "limit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "limit")))]

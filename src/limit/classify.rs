@@ -1,4 +1,4 @@
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 
 /// How a finished request counts for the limit algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,9 +59,11 @@ where
     }
 }
 
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// The outcome a `grpc-status` header says, if there is one.
 fn grpc_outcome(headers: &HeaderMap) -> Option<Outcome> {
-    let status = headers.get("grpc-status")?;
+    let status = headers.get(GRPC_STATUS)?;
     Some(match status.as_bytes() {
         b"4" | b"8" | b"14" => Outcome::Drop,
         _ => Outcome::Success,

@@ -49,10 +49,11 @@ pin_project! {
             ticket: Ticket<A>,
             // Boxed: only queued requests pay for a timer.
             timeout: Pin<Box<Sleep>>,
-            call: Option<(S, Request<ReqBody>, C)>,
+            call: Option<Box<(S, Request<ReqBody>, C)>>,
         },
         Rejected {
-            response: Option<Response<Full<Bytes>>>,
+            // Boxed, like the queue's state, to keep the hot future small.
+            response: Option<Box<Response<Full<Bytes>>>>,
         },
     }
 }
@@ -83,7 +84,7 @@ where
             state: State::Waiting {
                 ticket,
                 timeout: Box::pin(sleep(timeout)),
-                call: Some((service, req, classifier)),
+                call: Some(Box::new((service, req, classifier))),
             },
         }
     }
@@ -91,7 +92,7 @@ where
     pub(crate) fn rejected(response: Response<Full<Bytes>>) -> Self {
         Self {
             state: State::Rejected {
-                response: Some(response),
+                response: Some(Box::new(response)),
             },
         }
     }
@@ -144,7 +145,7 @@ where
                         },
                     };
                     let (mut service, req, classifier) =
-                        call.take().expect("polled after completion");
+                        *call.take().expect("polled after completion");
                     let next = match permit {
                         Some(permit) => State::Called {
                             future: service.call(req),
@@ -152,14 +153,14 @@ where
                             classifier: Some(classifier),
                         },
                         None => State::Rejected {
-                            response: Some(queue_timeout(ticket.shared(), &req)),
+                            response: Some(Box::new(queue_timeout(ticket.shared(), &req))),
                         },
                     };
                     state.set(next);
                 }
                 StateProj::Rejected { response } => {
                     let response = response.take().expect("polled after completion");
-                    return Poll::Ready(Ok(response.map(ResponseBody::overloaded)));
+                    return Poll::Ready(Ok((*response).map(ResponseBody::overloaded)));
                 }
             }
         }

@@ -1,6 +1,6 @@
 use std::{sync::Arc, time::Duration};
 
-use http::{request::Parts, HeaderName};
+use http::HeaderName;
 use tower_layer::Layer;
 
 use super::{
@@ -9,7 +9,7 @@ use super::{
     AdaptiveLimit, Algorithm, Classify, DefaultAlgorithm, DefaultClassifier, LimitHandle, Queue,
     Window,
 };
-use crate::reject;
+use crate::{key::RequestHead, reject};
 
 /// Applies an adaptive concurrency limit to requests; see the
 /// [module docs](super) for the behaviour, defaults and examples.
@@ -120,7 +120,7 @@ impl<A: Algorithm, C> AdaptiveLimitLayer<A, C> {
     /// Names a request's partition with a function of its head.
     pub fn partition_by<F>(self, f: F) -> Self
     where
-        F: Fn(&Parts) -> Option<&'static str> + Send + Sync + 'static,
+        F: Fn(&RequestHead<'_>) -> Option<&'static str> + Send + Sync + 'static,
     {
         self.configure(|c| c.partitions.set_by(PartitionBy::Fn(Arc::new(f))))
     }

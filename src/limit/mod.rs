@@ -115,7 +115,7 @@
 //!     .partition("batch", 0.1);
 //! # let _ = limit;
 //! let by_path = AdaptiveLimitLayer::new()
-//!     .partition_by(|head: &http::request::Parts| {
+//!     .partition_by(|head: &tower_perf::key::RequestHead<'_>| {
 //!         Some(if head.uri.path().starts_with("/reports") { "batch" } else { "live" })
 //!     })
 //!     .partition("live", 0.8)

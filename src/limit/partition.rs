@@ -1,10 +1,10 @@
 use std::{fmt, sync::Arc};
 
-use http::{request::Parts, HeaderName, Request};
+use http::{HeaderName, Request};
 
-use crate::route;
+use crate::{key::RequestHead, route};
 
-type PartitionFn = dyn Fn(&Parts) -> Option<&'static str> + Send + Sync;
+type PartitionFn = dyn Fn(&RequestHead<'_>) -> Option<&'static str> + Send + Sync;
 
 /// What names a request's partition.
 #[derive(Clone)]
@@ -59,29 +59,17 @@ impl Partitions {
         (self.shares[index].1 * limit as f64).ceil() as usize
     }
 
-    /// The partition a request belongs to, if any; splits and rebuilds the
-    /// request only for a partition function.
-    pub(crate) fn classify<B>(&self, req: Request<B>) -> (Option<usize>, Request<B>) {
-        let find = |name: &[u8]| self.shares.iter().position(|(n, _)| n.as_bytes() == name);
-        match &self.by {
-            _ if self.shares.is_empty() => (None, req),
-            None => (None, req),
-            Some(PartitionBy::Header(header)) => {
-                let index = req.headers().get(header).and_then(|v| find(v.as_bytes()));
-                (index, req)
-            }
-            Some(PartitionBy::Route) => {
-                let route = route::matched_path(&req)
-                    .or_else(|| route::grpc_method(&req))
-                    .unwrap_or_else(|| req.uri().path());
-                (find(route.as_bytes()), req)
-            }
-            Some(PartitionBy::Fn(f)) => {
-                let (parts, body) = req.into_parts();
-                let index = f(&parts).and_then(|name| find(name.as_bytes()));
-                (index, Request::from_parts(parts, body))
-            }
-        }
+    /// The partition a request belongs to, if any.
+    pub(crate) fn classify<B>(&self, req: &Request<B>) -> Option<usize> {
+        let name = match self.by.as_ref()? {
+            PartitionBy::Header(header) => req.headers().get(header)?.as_bytes(),
+            PartitionBy::Route => route::matched_path(req)
+                .or_else(|| route::grpc_method(req))
+                .unwrap_or_else(|| req.uri().path())
+                .as_bytes(),
+            PartitionBy::Fn(f) => f(&RequestHead::from_request(req))?.as_bytes(),
+        };
+        self.shares.iter().position(|(n, _)| n.as_bytes() == name)
     }
 }
 
@@ -103,9 +91,9 @@ mod tests {
     fn classifies() {
         let p = partitions(PartitionBy::Header(HeaderName::from_static("x-class")));
         let req = |class: &str| Request::get("/").header("x-class", class).body(()).unwrap();
-        assert_eq!(p.classify(req("batch")).0, Some(1));
-        assert_eq!(p.classify(req("other")).0, None);
-        assert_eq!(p.classify(Request::new(())).0, None);
+        assert_eq!(p.classify(&req("batch")), Some(1));
+        assert_eq!(p.classify(&req("other")), None);
+        assert_eq!(p.classify(&Request::new(())), None);
         assert_eq!(
             (
                 p.guaranteed(0, 10),
@@ -115,12 +103,21 @@ mod tests {
             (9, 2, 0)
         );
 
-        let p = partitions(PartitionBy::Route);
-        assert_eq!(p.classify(Request::get("/live").body(()).unwrap()).0, None);
-        let p = partitions(PartitionBy::Fn(Arc::new(|parts: &Parts| {
-            parts.uri.path().starts_with("/jobs").then_some("batch")
+        let mut p = partitions(PartitionBy::Route);
+        p.add("/pkg.Svc/Live", 0.5);
+        let grpc = Request::post("/pkg.Svc/Live")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        assert_eq!(p.classify(&grpc), Some(3));
+        assert_eq!(p.classify(&Request::get("/live").body(()).unwrap()), None);
+        let p = partitions(PartitionBy::Fn(Arc::new(|head: &RequestHead<'_>| {
+            head.uri.path().starts_with("/jobs").then_some("batch")
         })));
-        let (index, req) = p.classify(Request::get("/jobs/1").body(7).unwrap());
-        assert_eq!((index, *req.body()), (Some(1), 7));
+        assert_eq!(
+            p.classify(&Request::get("/jobs/1").body(7).unwrap()),
+            Some(1)
+        );
+        assert_eq!(p.classify(&Request::get("/").body(7).unwrap()), None);
     }
 }

@@ -76,7 +76,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let (partition, req) = self.shared.config.partitions.classify(req);
+        let partition = self.shared.config.partitions.classify(&req);
         match self.shared.admit(partition) {
             Admit::Now(permit) => {
                 ResponseFuture::called(self.inner.call(req), permit, self.classifier.clone())
