@@ -174,7 +174,7 @@ impl<A: Algorithm> Shared<A> {
             limit: config.initial,
             in_flight: 0,
             partition_in_flight: vec![0; config.partitions.len()],
-            window: Accumulator::new(config.window, Instant::now()),
+            window: Accumulator::new(config.window),
             queue: VecDeque::with_capacity(capacity),
         };
         let stats = Stats::default();

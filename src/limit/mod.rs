@@ -45,11 +45,9 @@
 //! 15 % of the no-load p99, while [`Gradient2`] lets the RTT grow by its
 //! tolerance (p99 +40 %) and [`Aimd`] only backs off on errors (p99 2.4×).
 //! It also reacts to drops, so it settles near a backend's real concurrency
-//! when the backend answers 503 past it. Its known weakness: started far
-//! above capacity under sustained overload, it never sees an unqueued RTT,
-//! so it learns an inflated no-load RTT and settles too high (from 200 at
-//! 2× overload it stalls near 3 × the backend's concurrency) until its next
-//! probe; keep the initial limit modest (the default is 20).
+//! when the backend answers 503 past it. Two changes to Netflix's Vegas
+//! (see [`Vegas`]) let it converge from a limit far above capacity under
+//! overload as well.
 //!
 //! # Example
 //!

@@ -7,9 +7,10 @@ use super::Sample;
 /// How finished requests are grouped into the windows an
 /// [`Algorithm`](super::Algorithm) sees.
 ///
-/// A window closes once it has lasted `min_time` and holds `min_samples`
-/// requests, or as soon as it holds `max_samples`. Its RTT is the average of
-/// the successful requests' latencies, or a percentile of them.
+/// A window closes once it has lasted `min_time` (from its first finished
+/// request) and holds `min_samples` requests, or as soon as it holds
+/// `max_samples`. Its RTT is the average of the successful requests'
+/// latencies, or a percentile of them.
 ///
 /// | parameter | default |
 /// |---|---|
@@ -89,7 +90,8 @@ impl Window {
 #[derive(Debug)]
 pub(crate) struct Accumulator {
     config: Window,
-    start: Instant,
+    /// When the window's first request finished.
+    start: Option<Instant>,
     samples: usize,
     drops: usize,
     sum: Duration,
@@ -100,7 +102,7 @@ pub(crate) struct Accumulator {
 }
 
 impl Accumulator {
-    pub(crate) fn new(config: Window, now: Instant) -> Self {
+    pub(crate) fn new(config: Window) -> Self {
         let keep = if config.percentile.is_some() {
             config.max_samples
         } else {
@@ -108,7 +110,7 @@ impl Accumulator {
         };
         Self {
             config,
-            start: now,
+            start: None,
             samples: 0,
             drops: 0,
             sum: Duration::ZERO,
@@ -126,6 +128,7 @@ impl Accumulator {
         in_flight: usize,
         dropped: bool,
     ) -> Option<Sample> {
+        let start = *self.start.get_or_insert(now);
         self.samples += 1;
         self.max_in_flight = self.max_in_flight.max(in_flight);
         if dropped {
@@ -139,11 +142,11 @@ impl Accumulator {
         }
         let full = self.samples >= self.config.max_samples;
         let due = self.samples >= self.config.min_samples
-            && now.saturating_duration_since(self.start) >= self.config.min_time;
-        (full || due).then(|| self.close(now))
+            && now.saturating_duration_since(start) >= self.config.min_time;
+        (full || due).then(|| self.close())
     }
 
-    fn close(&mut self, now: Instant) -> Sample {
+    fn close(&mut self) -> Sample {
         let ok = self.samples - self.drops;
         let rtt = match self.config.percentile {
             _ if ok == 0 => Duration::ZERO,
@@ -160,7 +163,7 @@ impl Accumulator {
             samples: self.samples,
             drops: self.drops,
         };
-        self.start = now;
+        self.start = None;
         self.samples = 0;
         self.drops = 0;
         self.sum = Duration::ZERO;
@@ -180,7 +183,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn closes_on_time_and_count() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::new(Window::new().min_samples(2).max_samples(3), t0);
+        let mut acc = Accumulator::new(Window::new().min_samples(2).max_samples(3));
         assert_eq!(acc.add(t0, 10 * MS, 1, false), None);
         // Two samples, but the window is young.
         assert_eq!(acc.add(t0 + 50 * MS, 20 * MS, 3, false), None);
@@ -190,7 +193,7 @@ mod tests {
             (s.rtt, s.min_rtt, s.max_in_flight, s.samples, s.drops),
             (15 * MS, 10 * MS, 3, 3, 1)
         );
-        // Old enough and two samples: closes.
+        // Old enough (from its first request) and two samples: closes.
         assert_eq!(acc.add(t0 + 100 * MS, MS, 1, true), None);
         let s = acc.add(t0 + 200 * MS, MS, 1, true).unwrap();
         assert_eq!(
@@ -202,10 +205,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn percentile() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::new(Window::new().min_samples(10).percentile(0.9), t0);
+        let mut acc = Accumulator::new(Window::new().min_samples(10).percentile(0.9));
         let mut last = None;
-        for i in (1..=10).rev() {
-            last = acc.add(t0 + Duration::from_secs(1), i * MS, 1, false);
+        for (j, i) in (1..=10).rev().enumerate() {
+            last = acc.add(t0 + 20 * j as u32 * MS, i * MS, 1, false);
         }
         assert_eq!(last.unwrap().rtt, 9 * MS);
         assert_eq!(acc.rtts.capacity(), 1000);
