@@ -118,3 +118,66 @@ fn tokio_stream_from(
         Some((conn, listener))
     })
 }
+
+/// Route partitions see axum's route template, not the raw path.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn axum_route_partitions_use_the_matched_path() {
+    let layer = AdaptiveLimitLayer::new()
+        .max_limit(2)
+        .partition_by_route()
+        .partition("/live/{id}", 0.5)
+        .partition("/batch/{id}", 0.0);
+    let handle = layer.handle();
+    let gate = Arc::new(Semaphore::new(0));
+    let held = gate.clone();
+    let slow = move || {
+        let held = held.clone();
+        async move {
+            let _permit = held.acquire().await.unwrap();
+            "done"
+        }
+    };
+    let app = Router::new()
+        .route("/live/{id}", get(slow.clone()))
+        .route("/batch/{id}", get(slow))
+        .layer(layer);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let get = |path: &str| {
+        let client = client.clone();
+        let uri: http::Uri = format!("http://{addr}{path}").parse().unwrap();
+        async move { client.get(uri).await.unwrap() }
+    };
+
+    // Batch fills the limit of 2...
+    let batch: Vec<_> = (0..2)
+        .map(|i| tokio::spawn(get(&format!("/batch/{i}"))))
+        .collect();
+    while handle.in_flight() < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        get("/batch/9").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // ...yet /live/7 is admitted: the "/live/{id}" partition is under its
+    // guaranteed ceil(0.5 × 2) = 1.
+    let live = tokio::spawn(get("/live/7"));
+    while handle.in_flight() < 3 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        get("/live/8").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    gate.add_permits(3);
+    assert_eq!(live.await.unwrap().status(), StatusCode::OK);
+    for b in batch {
+        assert_eq!(b.await.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(handle.counters().rejected, 2);
+}
