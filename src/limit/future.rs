@@ -16,7 +16,7 @@ use tower_service::Service;
 
 use super::{
     controller::{Permit, Ticket},
-    service::queue_timeout,
+    service::overloaded,
     Algorithm, Classify, Outcome, ResponseBody,
 };
 
@@ -152,9 +152,12 @@ where
                             permit: Some(permit),
                             classifier: Some(classifier),
                         },
-                        None => State::Rejected {
-                            response: Some(Box::new(queue_timeout(ticket.shared(), &req))),
-                        },
+                        None => {
+                            ticket.shared().count_queue_timeout();
+                            State::Rejected {
+                                response: Some(Box::new(overloaded(ticket.shared(), &req))),
+                            }
+                        }
                     };
                     state.set(next);
                 }

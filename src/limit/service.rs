@@ -94,22 +94,16 @@ where
                     .unwrap_or_default();
                 ResponseFuture::waiting(ticket, timeout, inner, req, self.classifier.clone())
             }
-            Admit::Rejected => ResponseFuture::rejected(self.reject(&req)),
+            Admit::Rejected => ResponseFuture::rejected(overloaded(&self.shared, &req)),
         }
     }
 }
 
-impl<S, A: Algorithm, C> AdaptiveLimit<S, A, C> {
-    fn reject<B>(&self, req: &Request<B>) -> Response<http_body_util::Full<Bytes>> {
-        reject::overloaded(req, &self.shared.config.retry_after, MESSAGE)
-    }
-}
-
-/// The overload response for a request that waited in the queue too long.
-pub(crate) fn queue_timeout<A: Algorithm, B>(
+/// The overload response: for a request over the limit, or one that waited
+/// in the queue past its timeout.
+pub(crate) fn overloaded<A: Algorithm, B>(
     shared: &Shared<A>,
     req: &Request<B>,
 ) -> Response<http_body_util::Full<Bytes>> {
-    shared.count_queue_timeout();
     reject::overloaded(req, &shared.config.retry_after, MESSAGE)
 }
