@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | response cache | `cache` | RFC 9111 shared cache in process, bounded in bytes |
 //! | request coalescing | `coalesce` | one upstream call per in-flight key |
-//! | adaptive concurrency limit | `limit` | finds the backend's capacity, sheds the rest at once |
+//! | adaptive concurrency limit | [`limit`] | finds the backend's capacity, sheds the rest at once |
 //! | latency histograms | `latency` | per-route P50/P95/P99 through the `metrics` facade |
 //!
 //! Every layer keeps the inner service's error type (a cache hit or an
@@ -33,8 +33,13 @@
 #[cfg(any(feature = "cache", feature = "coalesce"))]
 #[allow(dead_code)] // used by the layers
 pub(crate) mod body;
-#[cfg(any(feature = "cache", feature = "coalesce"))]
+#[cfg(any(feature = "cache", feature = "coalesce", feature = "limit"))]
 pub mod key;
+#[cfg(feature = "limit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "limit")))]
+pub mod limit;
+#[cfg(feature = "limit")]
+pub(crate) mod reject;
 #[cfg(any(feature = "latency", feature = "limit"))]
 #[allow(dead_code)] // used by the layers
 pub(crate) mod route;
