@@ -170,17 +170,21 @@ impl Shared {
         })
     }
 
-    /// Forgets in-flight calls and hit-for-miss markers whose key is one of
-    /// `targets`, or one of them followed by request-header lines.
-    pub(crate) fn forget(&self, targets: &[Key]) {
+    /// Forgets in-flight `GET`/`HEAD` calls and hit-for-miss markers of
+    /// `target` (a key without method, up to its request-header lines).
+    pub(crate) fn forget(&self, target: &Key) {
         let mut map = lock(&self.map);
         if map.entries.is_empty() {
             return;
         }
+        let target = target.as_bytes();
         map.entries.retain(|key, _| {
-            !targets.iter().any(|t| {
-                key.starts_with(t.as_bytes())
-                    && matches!(key.as_bytes().get(t.len()), None | Some(b'\n'))
+            let key = key.as_bytes();
+            let rest = key
+                .strip_prefix(b"GET ")
+                .or_else(|| key.strip_prefix(b"HEAD "));
+            !rest.is_some_and(|rest| {
+                rest.starts_with(target) && matches!(rest.get(target.len()), None | Some(b'\n'))
             })
         });
     }
@@ -277,6 +281,27 @@ impl Publisher {
 
     pub(crate) fn flight(&self) -> &Arc<Flight> {
         &self.flight
+    }
+
+    /// Retires the flight without an outcome when no follower waits for it
+    /// (the uncontended case: the leader's response then streams through
+    /// untouched). Checked under the map lock, so no follower can join in
+    /// between.
+    pub(crate) fn retire_if_alone(&mut self) -> bool {
+        let mut map = lock(&self.shared.map);
+        if lock(&self.flight.state)
+            .followers
+            .iter()
+            .any(|tx| !tx.is_closed())
+        {
+            return false;
+        }
+        if matches!(map.entries.get(&self.flight.key), Some(Entry::Flight(f)) if Arc::ptr_eq(f, &self.flight))
+        {
+            map.entries.remove(&self.flight.key);
+        }
+        self.done = true;
+        true
     }
 
     /// Sends `outcome` to every follower; a released key is remembered as

@@ -37,6 +37,20 @@ pin_project! {
 }
 
 pin_project! {
+    /// A follower's state, boxed: followers are the rare case, and the
+    /// future of leaders and bypassed requests stays small.
+    struct Wait<S, ReqBody> {
+        #[pin]
+        timeout: Sleep,
+        rx: oneshot::Receiver<Outcome>,
+        // Taken when the follower leaves the flight (released, timed out).
+        waiter: Option<Waiter>,
+        // A service clone, polled ready only if the follower goes upstream.
+        upstream: Option<(S, Request<ReqBody>)>,
+    }
+}
+
+pin_project! {
     #[project = StateProj]
     enum State<S, ReqBody, ResBody>
     where
@@ -52,17 +66,8 @@ pin_project! {
         },
         /// Drives the one upstream call of its key.
         Leader { leader: Leader<ResBody, S::Error> },
-        /// Waits for its leader.
-        Follower {
-            #[pin]
-            timeout: Sleep,
-            rx: oneshot::Receiver<Outcome>,
-            waiter: Option<Waiter>,
-            upstream: Option<(S, Request<ReqBody>)>,
-        },
-        /// A released or timed-out follower on its way upstream: its service
-        /// clone has not been polled ready yet.
-        Upstream { upstream: Option<(S, Request<ReqBody>)> },
+        /// Waits for its leader, then maybe goes upstream itself.
+        Follower { wait: Pin<Box<Wait<S, ReqBody>>> },
     }
 }
 
@@ -90,12 +95,15 @@ where
         svc: S,
         req: Request<ReqBody>,
     ) -> Self {
+        let wait = Wait {
+            timeout,
+            rx,
+            waiter: Some(waiter),
+            upstream: Some((svc, req)),
+        };
         Self {
             state: State::Follower {
-                timeout,
-                rx,
-                waiter: Some(waiter),
-                upstream: Some((svc, req)),
+                wait: Box::pin(wait),
             },
         }
     }
@@ -111,55 +119,61 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
         loop {
-            let upstream = match state.as_mut().project() {
+            let fut = match state.as_mut().project() {
                 StateProj::Inner { fut, forget } => {
                     let res = ready!(fut.poll(cx));
                     drop(forget.take());
                     return Poll::Ready(res.map(|res| res.map(CoalesceBody::inner)));
                 }
                 StateProj::Leader { leader } => return leader.poll(cx),
-                StateProj::Follower {
-                    timeout,
-                    rx,
-                    waiter,
-                    upstream,
-                } => {
-                    let shared = match Pin::new(rx).poll(cx) {
-                        Poll::Ready(outcome) => {
-                            let on_panic = waiter
-                                .as_ref()
-                                .map_or(PanicOutcome::InternalServerError, Waiter::on_panic);
-                            match outcome {
-                                Ok(Outcome::Shared(shared)) => {
-                                    return Poll::Ready(Ok(follower_response(shared)))
-                                }
-                                Ok(Outcome::Failed) => {
-                                    return Poll::Ready(Ok(status(StatusCode::BAD_GATEWAY)))
-                                }
-                                Err(_closed) => {
-                                    return Poll::Ready(Ok(panicked(on_panic, None)));
-                                }
-                                Ok(Outcome::Release) => upstream.take(),
-                            }
-                        }
-                        // Timed out: go upstream alone (leaving the flight).
-                        Poll::Pending if timeout.poll(cx).is_ready() => upstream.take(),
-                        Poll::Pending => return Poll::Pending,
-                    };
-                    waiter.take();
-                    shared
-                }
-                StateProj::Upstream { upstream } => {
-                    let (svc, _) = upstream.as_mut().expect("polled after completion");
-                    ready!(svc.poll_ready(cx))?;
-                    let (mut svc, req) = upstream.take().expect("polled after completion");
-                    let fut = svc.call(req);
-                    state.set(State::Inner { fut, forget: None });
-                    continue;
-                }
+                StateProj::Follower { wait } => match ready!(wait.as_mut().poll(cx)) {
+                    Ok(fut) => fut,
+                    Err(done) => return Poll::Ready(done),
+                },
             };
-            state.set(State::Upstream { upstream });
+            // Released or timed out: the follower's own call.
+            state.set(State::Inner { fut, forget: None });
         }
+    }
+}
+
+impl<S, ReqBody, ResBody> Wait<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+{
+    /// Ready with a response when the leader shared one (or failed), with
+    /// the follower's own call when it must go upstream.
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<S::Future, Result<Response<CoalesceBody<ResBody>>, S::Error>>> {
+        let this = self.project();
+        if let Some(waiter) = this.waiter {
+            match Pin::new(this.rx).poll(cx) {
+                Poll::Ready(Ok(Outcome::Shared(shared))) => {
+                    return Poll::Ready(Err(Ok(follower_response(shared))))
+                }
+                Poll::Ready(Ok(Outcome::Failed)) => {
+                    return Poll::Ready(Err(Ok(status(StatusCode::BAD_GATEWAY))))
+                }
+                Poll::Ready(Err(_closed)) => {
+                    return Poll::Ready(Err(Ok(panicked(waiter.on_panic(), None))))
+                }
+                Poll::Ready(Ok(Outcome::Release)) => {}
+                // Timed out: go upstream alone.
+                Poll::Pending if this.timeout.poll(cx).is_ready() => {}
+                Poll::Pending => return Poll::Pending,
+            }
+            // Leaves the flight.
+            *this.waiter = None;
+        }
+        let (svc, _) = this.upstream.as_mut().expect("polled after completion");
+        if let Err(e) = ready!(svc.poll_ready(cx)) {
+            return Poll::Ready(Err(Err(e)));
+        }
+        let (mut svc, req) = this.upstream.take().expect("polled after completion");
+        Poll::Ready(Ok(svc.call(req)))
     }
 }
 
@@ -178,7 +192,7 @@ type Work<B, E> = Pin<Box<dyn Future<Output = Led<B, E>> + Send>>;
 
 /// The leader's upstream call, then the collection of its body and the
 /// announcement to the followers.
-pub(crate) async fn lead<F, B, E>(fut: F, publisher: Publisher) -> Led<B, E>
+pub(crate) async fn lead<F, B, E>(fut: F, mut publisher: Publisher) -> Led<B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
     B: Body<Data = Bytes>,
@@ -194,6 +208,10 @@ where
     let (parts, body) = res.into_parts();
     if !shareable(&parts.headers, &body, cap) {
         publisher.publish(Outcome::Release);
+        return Led::Own(Response::from_parts(parts, CoalesceBody::inner(body)));
+    }
+    if publisher.retire_if_alone() {
+        // Nobody to share with: no buffering, no copy.
         return Led::Own(Response::from_parts(parts, CoalesceBody::inner(body)));
     }
     match collect_capped(body, cap).await {
@@ -213,21 +231,28 @@ where
 /// length within the cap (an unknown one may be an endless stream), not an
 /// event stream, and nothing personal (`Set-Cookie`, `Cache-Control: private`).
 fn shareable<B: Body>(headers: &HeaderMap, body: &B, cap: usize) -> bool {
-    let fits = body.size_hint().upper().is_some_and(|n| n <= cap as u64);
-    let event_stream = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let private = headers.get_all(header::CACHE_CONTROL).iter().any(|v| {
-        // Unreadable directives are treated as personal: sharing is the risk.
-        v.to_str().map_or(true, |v| {
-            v.split(',').any(|d| {
-                d.split('=')
-                    .next()
-                    .is_some_and(|name| name.trim().eq_ignore_ascii_case("private"))
+    if !body.size_hint().upper().is_some_and(|n| n <= cap as u64) {
+        return false;
+    }
+    // One pass over the (few) response headers.
+    headers.iter().all(|(name, value)| {
+        if name == header::SET_COOKIE {
+            false
+        } else if name == header::CONTENT_TYPE {
+            !value.as_bytes().starts_with(b"text/event-stream")
+        } else if name == header::CACHE_CONTROL {
+            // Unreadable directives count as personal: sharing is the risk.
+            value.to_str().is_ok_and(|v| {
+                !v.split(',').any(|d| {
+                    d.split('=')
+                        .next()
+                        .is_some_and(|name| name.trim().eq_ignore_ascii_case("private"))
+                })
             })
-        })
-    });
-    fits && !event_stream && !private && !headers.contains_key(header::SET_COOKIE)
+        } else {
+            true
+        }
+    })
 }
 
 /// The leader of a flight: polls the work inline (no task, no hop) while it
@@ -307,19 +332,19 @@ impl<B: Body, E> std::fmt::Debug for Leader<B, E> {
 /// its target are forgotten, so reads issued after it start afresh.
 pub(crate) struct Forget {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) targets: Vec<Key>,
+    pub(crate) target: Key,
 }
 
 impl Drop for Forget {
     fn drop(&mut self) {
-        self.shared.forget(&self.targets);
+        self.shared.forget(&self.target);
     }
 }
 
 impl std::fmt::Debug for Forget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forget")
-            .field("targets", &self.targets)
+            .field("target", &self.target)
             .finish()
     }
 }
@@ -368,7 +393,6 @@ where
             State::Inner { .. } => "Inner",
             State::Leader { .. } => "Leader",
             State::Follower { .. } => "Follower",
-            State::Upstream { .. } => "Upstream",
         };
         f.debug_tuple("ResponseFuture").field(&state).finish()
     }

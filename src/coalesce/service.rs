@@ -85,15 +85,17 @@ where
         let join = match classify(&shared.config, &req) {
             Class::Key(key) => shared.join(key),
             Class::Bypass => Join::Bypass,
-            Class::Write(targets) => {
-                // Forgotten now and again when the write ends.
-                shared.forget(&targets);
+            Class::Write(target) => {
                 shared.counters.bypass.increment(1);
-                let forget = Forget {
-                    shared: shared.clone(),
-                    targets,
-                };
-                return ResponseFuture::inner(self.inner.call(req), Some(forget));
+                // Forgotten now and again when the write ends.
+                let forget = target.map(|target| {
+                    shared.forget(&target);
+                    Forget {
+                        shared: shared.clone(),
+                        target,
+                    }
+                });
+                return ResponseFuture::inner(self.inner.call(req), forget);
             }
         };
         match join {
@@ -124,8 +126,8 @@ enum Class {
     Key(Key),
     /// Passed through untouched.
     Bypass,
-    /// An unsafe method: the keys of reads of its target.
-    Write(Vec<Key>),
+    /// An unsafe method, with the key of its target (when it has one).
+    Write(Option<Key>),
 }
 
 /// Headers that make a response differ from the one for the plain request.
@@ -145,15 +147,18 @@ fn classify<B: Body>(config: &Config, req: &Request<B>) -> Class {
         return if safe {
             Class::Bypass
         } else {
-            Class::Write(write_targets(config, req))
+            Class::Write(write_target(config, req))
         };
     }
     let body = req.body();
     let empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
-    let headers = req.headers();
-    let credentials = config.bypass_credentials
-        && (headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE));
-    if !empty || credentials || CONDITIONAL.iter().any(|h| headers.contains_key(h)) {
+    // One pass over the (few) request headers rather than eight lookups.
+    let credentials = config.bypass_credentials;
+    let differs = req.headers().keys().any(|name| {
+        CONDITIONAL.contains(name)
+            || (credentials && (name == header::AUTHORIZATION || name == header::COOKIE))
+    });
+    if !empty || differs {
         return Class::Bypass;
     }
     match config
@@ -165,20 +170,13 @@ fn classify<B: Body>(config: &Config, req: &Request<B>) -> Class {
     }
 }
 
-/// The keys of `GET` and `HEAD` reads of a write's target, up to the
-/// request-header lines (which the forgetting matches as a prefix).
-fn write_targets<B>(config: &Config, req: &Request<B>) -> Vec<Key> {
-    let head = RequestHead::from_request(req);
-    [Method::GET, Method::HEAD]
-        .iter()
-        .filter_map(|method| config.key.key(&head, Some(method)))
-        .map(|key| {
-            let bytes = key.as_bytes();
-            let end = bytes
-                .iter()
-                .position(|b| *b == b'\n')
-                .unwrap_or(bytes.len());
-            Key::from_bytes(Bytes::copy_from_slice(&bytes[..end]))
-        })
-        .collect()
+/// The key of a write's target, without method and request-header lines:
+/// the prefix shared by the keys of all reads of that target.
+fn write_target<B>(config: &Config, req: &Request<B>) -> Option<Key> {
+    let key = config.key.key(&RequestHead::from_request(req), None)?;
+    let bytes = key.as_bytes();
+    match bytes.iter().position(|b| *b == b'\n') {
+        Some(end) => Some(Key::from_bytes(Bytes::copy_from_slice(&bytes[..end]))),
+        None => Some(key),
+    }
 }
