@@ -6,8 +6,9 @@
 
 use std::{
     collections::HashMap,
+    hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState},
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, PoisonError,
     },
     time::Duration,
@@ -32,6 +33,7 @@ pub(crate) const MAX_TRACKED: usize = 1 << 16;
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) counters: Counters,
+    hasher: RandomState,
     map: Mutex<Map>,
 }
 
@@ -60,7 +62,7 @@ impl Counters {
 }
 
 struct Map {
-    entries: HashMap<Key, Entry>,
+    entries: HashMap<Hashed, Entry, BuildHasherDefault<Prehashed>>,
     sweep_at: usize,
     next_sweep: Instant,
 }
@@ -72,12 +74,58 @@ enum Entry {
     Pass(Instant),
 }
 
+/// A key and its hash, computed once per request (outside the lock; SipHash
+/// with per-layer random keys, so hostile URLs cannot collide on purpose).
+#[derive(Clone)]
+struct Hashed {
+    hash: u64,
+    key: Key,
+}
+
+impl PartialEq for Hashed {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.key == other.key
+    }
+}
+
+impl Eq for Hashed {}
+
+impl Hash for Hashed {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// Hands the precomputed hash of a [`Hashed`] to the map.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by `Hashed`; fold anything else anyway.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// One upstream call and the requests waiting for it.
 pub(crate) struct Flight {
-    key: Key,
+    key: Hashed,
     started: Instant,
     /// The leader (until its future is dropped) plus the followers still waiting.
     waiters: AtomicUsize,
+    /// Set (under the map lock) when the leader went away and the work moved
+    /// to a task.
+    detached: AtomicBool,
     state: Mutex<FlightState>,
 }
 
@@ -124,8 +172,9 @@ impl Shared {
         Self {
             config,
             counters: Counters::new(),
+            hasher: RandomState::new(),
             map: Mutex::new(Map {
-                entries: HashMap::new(),
+                entries: HashMap::default(),
                 sweep_at: MIN_SWEEP,
                 next_sweep: Instant::now(),
             }),
@@ -135,6 +184,10 @@ impl Shared {
     /// Makes the caller the leader of `key`, a follower of its flight, or
     /// tells it to go upstream alone (hit-for-miss).
     pub(crate) fn join(self: &Arc<Self>, key: Key) -> Join {
+        let key = Hashed {
+            hash: self.hasher.hash_one(key.as_bytes()),
+            key,
+        };
         let now = Instant::now();
         let mut map = lock(&self.map);
         match map.entries.get(&key) {
@@ -160,6 +213,7 @@ impl Shared {
             key: key.clone(),
             started: now,
             waiters: AtomicUsize::new(1),
+            detached: AtomicBool::new(false),
             state: Mutex::new(FlightState::default()),
         });
         map.insert(key, Entry::Flight(flight.clone()), now, self.sweep_period());
@@ -179,7 +233,7 @@ impl Shared {
         }
         let target = target.as_bytes();
         map.entries.retain(|key, _| {
-            let key = key.as_bytes();
+            let key = key.key.as_bytes();
             let rest = key
                 .strip_prefix(b"GET ")
                 .or_else(|| key.strip_prefix(b"HEAD "));
@@ -199,21 +253,11 @@ impl Shared {
     /// leaving a hit-for-miss marker when `pass` says so.
     fn retire(&self, flight: &Arc<Flight>, pass: bool) {
         let mut map = lock(&self.map);
-        let current = matches!(map.entries.get(&flight.key), Some(Entry::Flight(f)) if Arc::ptr_eq(f, flight));
-        if !current {
-            return;
-        }
-        if pass && map.entries.len() < MAX_TRACKED {
+        if map.remove_flight(flight) && pass && map.entries.len() < MAX_TRACKED {
             let now = Instant::now();
             let until = now + self.config.hit_for_miss;
-            map.insert(
-                flight.key.clone(),
-                Entry::Pass(until),
-                now,
-                self.sweep_period(),
-            );
-        } else {
-            map.entries.remove(&flight.key);
+            let period = self.sweep_period();
+            map.insert(flight.key.clone(), Entry::Pass(until), now, period);
         }
     }
 
@@ -229,6 +273,7 @@ impl Shared {
         W::Output: Send + 'static,
     {
         let map = lock(&self.map);
+        flight.detached.store(true, Ordering::Relaxed);
         // Decremented under the map lock: no follower can join in between.
         if flight.waiters.fetch_sub(1, Ordering::AcqRel) == 1 {
             drop(map);
@@ -251,7 +296,17 @@ impl Shared {
 }
 
 impl Map {
-    fn insert(&mut self, key: Key, entry: Entry, now: Instant, period: Duration) {
+    /// Removes `flight` if it is still the entry for its key (a newer
+    /// flight may have replaced it).
+    fn remove_flight(&mut self, flight: &Arc<Flight>) -> bool {
+        let current = matches!(self.entries.get(&flight.key), Some(Entry::Flight(f)) if Arc::ptr_eq(f, flight));
+        if current {
+            self.entries.remove(&flight.key);
+        }
+        current
+    }
+
+    fn insert(&mut self, key: Hashed, entry: Entry, now: Instant, period: Duration) {
         // Expired markers are otherwise only replaced on their next lookup.
         // Sweeping when the map doubles and once per period keeps the cost
         // amortised O(1) and the expired markers few.
@@ -289,17 +344,13 @@ impl Publisher {
     /// between.
     pub(crate) fn retire_if_alone(&mut self) -> bool {
         let mut map = lock(&self.shared.map);
-        if lock(&self.flight.state)
-            .followers
-            .iter()
-            .any(|tx| !tx.is_closed())
-        {
+        // While the leader waits, the count is the leader plus its followers.
+        let alone = !self.flight.detached.load(Ordering::Relaxed)
+            && self.flight.waiters.load(Ordering::Acquire) == 1;
+        if !alone {
             return false;
         }
-        if matches!(map.entries.get(&self.flight.key), Some(Entry::Flight(f)) if Arc::ptr_eq(f, &self.flight))
-        {
-            map.entries.remove(&self.flight.key);
-        }
+        map.remove_flight(&self.flight);
         self.done = true;
         true
     }
@@ -335,7 +386,7 @@ impl Drop for Publisher {
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
-            .field("key", &self.flight.key)
+            .field("key", &self.flight.key.key)
             .finish()
     }
 }
@@ -364,10 +415,7 @@ impl Drop for Waiter {
             if self.flight.waiters.load(Ordering::Acquire) != 0 {
                 return;
             }
-            if matches!(map.entries.get(&self.flight.key), Some(Entry::Flight(f)) if Arc::ptr_eq(f, &self.flight))
-            {
-                map.entries.remove(&self.flight.key);
-            }
+            map.remove_flight(&self.flight);
             lock(&self.flight.state).task.take()
         };
         // Nobody waits any more: the detached work is dropped.
@@ -380,7 +428,7 @@ impl Drop for Waiter {
 impl std::fmt::Debug for Waiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Waiter")
-            .field("key", &self.flight.key)
+            .field("key", &self.flight.key.key)
             .finish()
     }
 }
