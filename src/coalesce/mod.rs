@@ -117,12 +117,23 @@
 //! `follower` or `bypass`. The handles are resolved when the layer is built,
 //! so install the recorder before building the layer.
 //!
-//! # Compared with tower's and other singleflights
+//! # Runtime
 //!
-//! Generic singleflights (`async_singleflight`, `tower-resilience-coalesce`)
-//! require `Clone` responses and errors, tie the upstream call to the first
-//! caller's future, and have no notion of HTTP: no buffering of bodies, no
-//! bypass of personal or streaming responses, no hit-for-miss.
+//! The layer needs a Tokio runtime with the time driver (`enable_time`, which
+//! `#[tokio::main]` turns on): followers wait with a timer, and a flight whose
+//! leader went away continues on a spawned task.
+//!
+//! # Compared with generic singleflights
+//!
+//! | | this layer | `async_singleflight` 0.6 | `tower-resilience-coalesce` 0.14 |
+//! |---|---|---|---|
+//! | response / error must be `Clone` | no / no | yes / no (followers get `Err(None)`) | yes / yes |
+//! | leader cancelled | the call goes on for the followers | a follower runs the work again | followers fail (`LeaderCancelled`) |
+//! | followers wait by | notification | notification | re-polling themselves (busy loop) |
+//! | HTTP aware (bodies, streaming, personal responses, hit-for-miss) | yes | no | no |
+//! | wait timeout, leader age | yes | no | no |
+//!
+//! `perf/benches/coalesce_peers.rs` measures the three side by side.
 
 mod body;
 mod flight;
