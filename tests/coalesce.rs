@@ -642,6 +642,10 @@ async fn bodies_conditionals_other_methods_and_declined_keys_bypass() {
         ("range", Box::new(move || with(header::RANGE, "bytes=0-3"))),
         ("options", Box::new(|| request(Method::OPTIONS, URI))),
         ("post", Box::new(|| request(Method::POST, URI))),
+        (
+            "unknown method",
+            Box::new(|| request(Method::from_bytes(b"PURGE").unwrap(), URI)),
+        ),
     ];
     for (name, make) in cases {
         let (backend, calls) = slow(ms(100));

@@ -325,3 +325,44 @@ async fn requests_with_authorization_are_not_coalesced() {
     }
     assert_eq!(probe.calls.load(SeqCst), 10);
 }
+
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_requests_through_the_router_make_one_call() {
+    use tower::ServiceExt;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let app = Router::new()
+        .route(
+            "/hot",
+            get(move || {
+                counter.fetch_add(1, SeqCst);
+                async {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    "hot"
+                }
+            }),
+        )
+        .layer(CoalesceLayer::new());
+    let tasks: Vec<_> = (0..10_000)
+        .map(|_| {
+            let req = Request::get("/hot")
+                .header(header::HOST, "example.com")
+                .body(Body::empty())
+                .unwrap();
+            tokio::spawn(app.clone().oneshot(req))
+        })
+        .collect();
+    let mut collapsed = 0;
+    for task in tasks {
+        let res = task.await.unwrap().unwrap();
+        collapsed += usize::from(
+            res.extensions()
+                .get::<tower_perf::coalesce::Collapsed>()
+                .is_some(),
+        );
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "hot");
+    }
+    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(collapsed, 9_999);
+}
