@@ -1,6 +1,7 @@
 use std::{
     any::Any,
     future::Future,
+    ops::ControlFlow::{self, Break, Continue},
     panic::{catch_unwind, resume_unwind, AssertUnwindSafe},
     pin::Pin,
     sync::Arc,
@@ -127,8 +128,8 @@ where
                 }
                 StateProj::Leader { leader } => return leader.poll(cx),
                 StateProj::Follower { wait } => match ready!(wait.as_mut().poll(cx)) {
-                    Ok(fut) => fut,
-                    Err(done) => return Poll::Ready(done),
+                    Continue(fut) => fut,
+                    Break(done) => return Poll::Ready(done),
                 },
             };
             // Released or timed out: the follower's own call.
@@ -142,23 +143,23 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body<Data = Bytes>,
 {
-    /// Ready with a response when the leader shared one (or failed), with
-    /// the follower's own call when it must go upstream.
+    /// `Break` with the follower's result (the leader's shared response, a
+    /// failure), `Continue` with its own call when it must go upstream.
     fn poll(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<S::Future, Result<Response<CoalesceBody<ResBody>>, S::Error>>> {
+    ) -> Poll<ControlFlow<Result<Response<CoalesceBody<ResBody>>, S::Error>, S::Future>> {
         let this = self.project();
         if let Some(waiter) = this.waiter {
             match Pin::new(this.rx).poll(cx) {
                 Poll::Ready(Ok(Outcome::Shared(shared))) => {
-                    return Poll::Ready(Err(Ok(follower_response(shared))))
+                    return Poll::Ready(Break(Ok(follower_response(shared))))
                 }
                 Poll::Ready(Ok(Outcome::Failed)) => {
-                    return Poll::Ready(Err(Ok(status(StatusCode::BAD_GATEWAY))))
+                    return Poll::Ready(Break(Ok(status(StatusCode::BAD_GATEWAY))))
                 }
                 Poll::Ready(Err(_closed)) => {
-                    return Poll::Ready(Err(Ok(panicked(waiter.on_panic(), None))))
+                    return Poll::Ready(Break(Ok(panicked(waiter.on_panic(), None))))
                 }
                 Poll::Ready(Ok(Outcome::Release)) => {}
                 // Timed out: go upstream alone.
@@ -170,10 +171,10 @@ where
         }
         let (svc, _) = this.upstream.as_mut().expect("polled after completion");
         if let Err(e) = ready!(svc.poll_ready(cx)) {
-            return Poll::Ready(Err(Err(e)));
+            return Poll::Ready(Break(Err(e)));
         }
         let (mut svc, req) = this.upstream.take().expect("polled after completion");
-        Poll::Ready(Ok(svc.call(req)))
+        Poll::Ready(Continue(svc.call(req)))
     }
 }
 
