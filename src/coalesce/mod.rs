@@ -105,11 +105,13 @@
 //!
 //! # Where it goes
 //!
-//! Innermost of the crate's layers, just around the handler:
-//! `latency -> limit -> cache -> coalesce -> handler`. Under the cache, it
-//! collapses the misses that reach the backend; inside the limiter, a
-//! thousand collapsed requests count as one against the backend's capacity
-//! only once they reach it, while the limiter still sheds what is beyond.
+//! Under the cache, around the handler: `latency -> limit -> cache ->
+//! coalesce -> handler`, the crate's recommended order. The cache answers
+//! hits; coalescing collapses the misses, so a spike on a cold key reaches
+//! the handler once. With the limiter moved inside instead
+//! (`cache -> coalesce -> limit -> handler`), a collapsed burst counts once
+//! against the limit rather than once per waiting request, and the limiter
+//! measures only backend work: prefer it when bursts on hot keys are common.
 //!
 //! # Metrics
 //!
