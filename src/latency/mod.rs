@@ -133,6 +133,7 @@
 
 mod body;
 mod future;
+mod handles;
 mod labels;
 mod layer;
 mod service;

@@ -5,13 +5,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, Version};
 use tokio::time::Instant;
 use tower_service::Service;
 
 use super::{
     labels::method_index,
-    state::{Recording, Registry, RouteRef},
+    state::{Recording, Registry},
     LatencyBody, LatencyLayer, ResponseFuture,
 };
 use crate::route::{grpc_method, is_grpc, matched_path, NoRoute, RouteFn};
@@ -81,18 +81,21 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
-        let route = match grpc_method(&req).or_else(|| matched_path(&req)) {
+        // gRPC runs over HTTP/2 only: HTTP/1 requests skip the header lookup.
+        let grpc = req.version() == Version::HTTP_2 && is_grpc(&req);
+        let grpc_route = if grpc { grpc_method(&req) } else { None };
+        let route = match grpc_route.or_else(|| matched_path(&req)) {
             Some(route) => self.registry.lookup(route),
             None => match self.route_fn.route(&req) {
                 Some(route) => self.registry.lookup(route.as_ref()),
-                None => RouteRef::Unmatched,
+                None => self.registry.unmatched(),
             },
         };
         let recording = Recording::start(
             self.registry.clone(),
             route,
             method_index(req.method()),
-            is_grpc(&req),
+            grpc,
             req.method() == Method::HEAD,
             start,
         );

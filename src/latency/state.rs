@@ -1,23 +1,11 @@
 //! The registry shared by every clone of one layer: admitted routes, their
-//! series and the metric handles resolved for them.
-//!
-//! # Handles and the recorder
-//!
-//! `metrics` resolves a handle through the recorder current at the call: a
-//! thread-local one set by `with_local_recorder`, else the global one, else a
-//! no-op. A handle resolved before an exporter is installed is a no-op
-//! forever, so caching it naively would lose every later sample. Each cached
-//! handle therefore remembers the address of the recorder it came from; each
-//! request reads the current recorder's address (a thread-local read and an
-//! atomic load, no registry lookup) and resolves again only when it differs.
-//! The global recorder can be set once, so in production this re-resolves at
-//! most once per series (no-op, then the exporter).
+//! series and the metric handles resolved for them (see `handles`).
 
 use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, RwLock,
+        Arc, Mutex, OnceLock, RwLock,
     },
     time::Duration,
 };
@@ -27,6 +15,7 @@ use metrics::{Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedS
 use tokio::time::Instant;
 
 use super::{
+    handles::{Handle, Handles},
     labels::{Failure, Names, SeriesKey, GRPC_UNIMPLEMENTED, METHODS},
     summary::{Buckets, RouteSummary},
     Naming,
@@ -36,24 +25,11 @@ use crate::route::UNMATCHED;
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
+/// Slots in the route lookup cache.
+const HINTS: usize = 64;
+
 /// The route label of the overflow series in the in-process summary.
 const OVERFLOW: &str = "otel.metric.overflow";
-
-/// The identity of the recorder `metrics` would use here and now.
-fn recorder_id(recorder: &dyn Recorder) -> usize {
-    recorder as *const dyn Recorder as *const () as usize
-}
-
-fn current_recorder() -> usize {
-    metrics::with_recorder(recorder_id)
-}
-
-/// A handle and the recorder it was resolved from.
-#[derive(Debug)]
-struct Resolved<T> {
-    recorder: usize,
-    handle: T,
-}
 
 /// Configuration fixed when the layer is built.
 #[derive(Clone, Debug)]
@@ -82,11 +58,12 @@ pub(crate) struct Registry {
     pub(crate) config: Config,
     names: &'static Names,
     routes: RwLock<HashMap<Arc<str>, Arc<Route>>>,
+    hints: [OnceLock<Arc<Route>>; HINTS],
     unmatched: Arc<Route>,
     overflow: Arc<Route>,
     /// Series created so far, against `config.max_series`.
     series: AtomicUsize,
-    active: [RwLock<Option<Resolved<Gauge>>>; METHODS.len()],
+    active: [Handles<Gauge>; METHODS.len()],
     /// The recorder the metrics were last described to.
     described: AtomicUsize,
 }
@@ -96,14 +73,22 @@ pub(crate) struct Route {
     name: Arc<str>,
     overflow: bool,
     pub(crate) stop_at_headers: bool,
-    series: RwLock<Vec<Series>>,
+    /// The first series, read without locks; the rest behind `more`.
+    series: [OnceLock<Series>; FIXED_SERIES],
+    more: RwLock<Vec<Arc<Series>>>,
+    /// Serialises adding series.
+    adding: Mutex<()>,
     summary: Option<Buckets>,
 }
+
+/// Series per route read without a lock: method x status x outcome rarely
+/// exceeds this.
+const FIXED_SERIES: usize = 8;
 
 #[derive(Debug)]
 struct Series {
     key: SeriesKey,
-    histogram: Resolved<Histogram>,
+    histogram: Handles<Histogram>,
 }
 
 /// The route of a request, as known when it enters.
@@ -111,27 +96,64 @@ struct Series {
 pub(crate) enum RouteRef {
     Known(Arc<Route>),
     /// Not admitted yet: admitted (under the cap) once an outcome is recorded.
-    New(Arc<str>, bool),
-    Unmatched,
+    New(Arc<str>),
 }
 
 impl RouteRef {
-    pub(crate) fn stop_at_headers(&self, registry: &Registry) -> bool {
+    fn stop_at_headers(&self, registry: &Registry) -> bool {
         match self {
             RouteRef::Known(route) => route.stop_at_headers,
-            RouteRef::New(_, stop) => *stop,
-            RouteRef::Unmatched => registry.unmatched.stop_at_headers,
+            RouteRef::New(name) => registry.stops_at_headers(name),
         }
     }
 }
 
 impl Route {
-    /// The series of `key`; the overflow route has one series for every key.
-    fn find<'a>(&self, series: &'a [Series], key: SeriesKey) -> Option<&'a Series> {
-        match self.overflow {
-            true => series.first(),
-            false => series.iter().find(|s| s.key == key),
+    fn new(name: Arc<str>, overflow: bool, stop_at_headers: bool, summary: bool) -> Arc<Self> {
+        Arc::new(Self {
+            name,
+            overflow,
+            stop_at_headers,
+            series: Default::default(),
+            more: RwLock::default(),
+            adding: Mutex::default(),
+            summary: summary.then(Buckets::new),
+        })
+    }
+
+    /// Runs `f` on the series of `key`, if it exists. The overflow route
+    /// has one series for every key.
+    fn with_series<T>(&self, key: SeriesKey, f: impl FnOnce(&Series) -> T) -> Option<T> {
+        for slot in &self.series {
+            match slot.get() {
+                Some(series) if self.overflow || series.key == key => return Some(f(series)),
+                Some(_) => continue,
+                None => return None,
+            }
         }
+        let more = read(&self.more);
+        more.iter().find(|s| s.key == key).map(|s| f(s))
+    }
+
+    /// Adds the series of `key` unless `admit` refuses; true if it exists now.
+    fn add_series(&self, key: SeriesKey, admit: impl FnOnce() -> bool) -> bool {
+        let _adding = self.adding.lock().unwrap_or_else(|e| e.into_inner());
+        if self.with_series(key, |_| ()).is_some() {
+            return true;
+        }
+        if !admit() {
+            return false;
+        }
+        let series = Series {
+            key,
+            histogram: Handles::default(),
+        };
+        match self.series.iter().find(|slot| slot.get().is_none()) {
+            // Only this thread sets slots (under `adding`), so the slot is free.
+            Some(slot) => drop(slot.set(series)),
+            None => write(&self.more).push(Arc::new(series)),
+        }
+        true
     }
 }
 
@@ -139,17 +161,17 @@ impl Registry {
     pub(crate) fn new(config: Config) -> Self {
         let names = config.naming.names();
         let route = |name: &str, overflow| {
-            Arc::new(Route {
-                name: name.into(),
+            Route::new(
+                name.into(),
                 overflow,
-                stop_at_headers: config.stop_at_headers,
-                series: RwLock::default(),
-                summary: config.summary.then(Buckets::new),
-            })
+                config.stop_at_headers,
+                config.summary,
+            )
         };
         Self {
             names,
             routes: RwLock::default(),
+            hints: std::array::from_fn(|_| OnceLock::new()),
             unmatched: route(UNMATCHED, false),
             overflow: route(OVERFLOW, true),
             series: AtomicUsize::new(0),
@@ -169,11 +191,25 @@ impl Registry {
     }
 
     /// The route named `name`, without admitting it.
+    ///
+    /// A small direct-mapped cache, indexed by the label's address, spares
+    /// the map lookup for labels that live at a stable address: axum's
+    /// `MatchedPath` (shared per route) and `&'static str`s from a route fn.
+    /// The address only picks the slot; the name is always compared.
     pub(crate) fn lookup(&self, name: &str) -> RouteRef {
-        if let Some(route) = read(&self.routes).get(name) {
+        let slot = &self.hints[(name.as_ptr() as usize >> 3) % HINTS];
+        if let Some(route) = slot.get().filter(|r| &*r.name == name) {
             return RouteRef::Known(route.clone());
         }
-        RouteRef::New(name.into(), self.stops_at_headers(name))
+        if let Some(route) = read(&self.routes).get(name) {
+            let _ = slot.set(route.clone());
+            return RouteRef::Known(route.clone());
+        }
+        RouteRef::New(name.into())
+    }
+
+    pub(crate) fn unmatched(&self) -> RouteRef {
+        RouteRef::Known(self.unmatched.clone())
     }
 
     /// Admits `name` if the cap allows, else the overflow route.
@@ -187,19 +223,15 @@ impl Registry {
         {
             return self.overflow.clone();
         }
-        let route = Arc::new(Route {
-            stop_at_headers: self.stops_at_headers(&name),
-            name: name.clone(),
-            overflow: false,
-            series: RwLock::default(),
-            summary: self.config.summary.then(Buckets::new),
-        });
+        let stop_at_headers = self.stops_at_headers(&name);
+        let route = Route::new(name.clone(), false, stop_at_headers, self.config.summary);
         routes.insert(name, route.clone());
         route
     }
 
     /// Describes both metrics to `recorder` once.
-    fn describe(&self, recorder: &dyn Recorder, id: usize) {
+    fn describe(&self, recorder: &dyn Recorder) {
+        let id = recorder as *const dyn Recorder as *const () as usize;
         if self.described.swap(id, Ordering::Relaxed) == id {
             return;
         }
@@ -217,31 +249,13 @@ impl Registry {
         );
     }
 
-    /// The active-requests gauge for `method`, resolved for the current recorder.
-    pub(crate) fn active(&self, method: u8) -> Gauge {
-        let slot = &self.active[usize::from(method)];
-        let id = current_recorder();
-        if let Some(r) = &*read(slot) {
-            if r.recorder == id {
-                return r.handle.clone();
-            }
-        }
-        metrics::with_recorder(|recorder| {
-            let id = recorder_id(recorder);
-            self.describe(recorder, id);
-            let key = Key::from_parts(
-                self.names.active,
-                vec![Label::new(
-                    self.names.method,
-                    SharedString::const_str(METHODS[usize::from(method)]),
-                )],
-            );
-            let handle = recorder.register_gauge(&key, &METADATA);
-            *write(slot) = Some(Resolved {
-                recorder: id,
-                handle: handle.clone(),
-            });
-            handle
+    /// The active-requests gauge for `method`, for the current recorder.
+    fn active(&self, method: u8) -> Handle<'_, Gauge> {
+        self.active[usize::from(method)].get(&|recorder| {
+            self.describe(recorder);
+            let method = SharedString::const_str(METHODS[usize::from(method)]);
+            let labels = vec![Label::new(self.names.method, method)];
+            recorder.register_gauge(&Key::from_parts(self.names.active, labels), &METADATA)
         })
     }
 
@@ -250,60 +264,46 @@ impl Registry {
         let route = match route {
             _ if key.grpc == Some(GRPC_UNIMPLEMENTED) => self.unmatched.clone(),
             RouteRef::Known(route) => route,
-            RouteRef::New(name, _) => self.admit(name),
-            RouteRef::Unmatched => self.unmatched.clone(),
+            RouteRef::New(name) => self.admit(name),
         };
         if let Some(summary) = &route.summary {
             summary.record(elapsed);
         }
-        let seconds = elapsed.as_secs_f64();
-        let id = current_recorder();
-        if let Some(series) = route.find(&read(&route.series), key) {
-            if series.histogram.recorder == id {
-                series.histogram.handle.record(seconds);
-                return;
-            }
-        }
-        self.record_slow(&route, key, seconds);
+        self.record_series(&route, key, elapsed.as_secs_f64());
     }
 
-    /// First sample of a label set, or the recorder changed: resolve the handle.
-    fn record_slow(&self, route: &Route, key: SeriesKey, seconds: f64) {
-        let mut series = write(&route.series);
-        let existing = match route.overflow {
-            true => (!series.is_empty()).then_some(0),
-            false => series.iter().position(|s| s.key == key),
+    fn record_series(&self, route: &Route, key: SeriesKey, seconds: f64) {
+        let record = |series: &Series| {
+            let histogram = series.histogram.get(&|recorder| {
+                self.describe(recorder);
+                let labels = if route.overflow {
+                    vec![Label::new(self.names.overflow, "true")]
+                } else {
+                    key.labels(self.names, SharedString::from(route.name.clone()))
+                };
+                let key = Key::from_parts(self.names.duration, labels);
+                recorder.register_histogram(&key, &METADATA)
+            });
+            histogram.record(seconds);
         };
-        if existing.is_none() && !route.overflow {
-            let admitted = self
-                .series
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    (n < self.config.max_series).then_some(n + 1)
-                })
-                .is_ok();
-            if !admitted {
-                drop(series);
-                return self.record_slow(&self.overflow, key, seconds);
-            }
+        if route.with_series(key, record).is_some() {
+            return;
         }
-        let labels = if route.overflow {
-            vec![Label::new(self.names.overflow, "true")]
-        } else {
-            key.labels(self.names, SharedString::from(route.name.clone()))
+        // First sample of this label set: admit it under the cap.
+        let max = self.config.max_series;
+        let admit = || {
+            route.overflow
+                || self
+                    .series
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        (n < max).then_some(n + 1)
+                    })
+                    .is_ok()
         };
-        let histogram = metrics::with_recorder(|recorder| {
-            let id = recorder_id(recorder);
-            self.describe(recorder, id);
-            let key = Key::from_parts(self.names.duration, labels);
-            Resolved {
-                recorder: id,
-                handle: recorder.register_histogram(&key, &METADATA),
-            }
-        });
-        histogram.handle.record(seconds);
-        match existing {
-            Some(i) => series[i].histogram = histogram,
-            None => series.push(Series { key, histogram }),
+        if route.add_series(key, admit) {
+            route.with_series(key, record);
+        } else {
+            self.record_series(&self.overflow, key, seconds);
         }
     }
 
@@ -336,12 +336,13 @@ pub(crate) struct Recording {
     registry: Arc<Registry>,
     route: Option<RouteRef>,
     start: Instant,
-    active: Gauge,
+    active: Active,
     key: SeriesKey,
     grpc: bool,
     head: bool,
-    /// When the clock stopped at the response headers.
-    stopped: Option<Duration>,
+    /// Nanoseconds to the response headers, when the clock stopped there
+    /// (`u64::MAX` while it runs).
+    stopped: u64,
 }
 
 impl Recording {
@@ -353,8 +354,16 @@ impl Recording {
         head: bool,
         start: Instant,
     ) -> Self {
-        let active = registry.active(method);
-        active.increment(1.0);
+        let active = match registry.active(method) {
+            Handle::Fixed(gauge, slot) => {
+                gauge.increment(1.0);
+                Active::Fixed(slot)
+            }
+            Handle::Spare(gauge) => {
+                gauge.increment(1.0);
+                Active::Spare(Box::new(gauge))
+            }
+        };
         Self {
             registry,
             route: Some(route),
@@ -368,7 +377,7 @@ impl Recording {
             },
             grpc,
             head,
-            stopped: None,
+            stopped: u64::MAX,
         }
     }
 
@@ -384,7 +393,8 @@ impl Recording {
         }
         if let Some(route) = &self.route {
             if route.stop_at_headers(&self.registry) {
-                self.stopped = Some(self.start.elapsed());
+                let nanos = self.start.elapsed().as_nanos();
+                self.stopped = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
                 // Only a gRPC status still to come in trailers holds the record back.
                 if !self.grpc || grpc_status.is_some() {
                     self.finish();
@@ -416,7 +426,10 @@ impl Recording {
                     self.key.failure = Some(Failure::Service);
                 }
             }
-            let elapsed = self.stopped.unwrap_or_else(|| self.start.elapsed());
+            let elapsed = match self.stopped {
+                u64::MAX => self.start.elapsed(),
+                nanos => Duration::from_nanos(nanos),
+            };
             self.registry.record(route, self.key, elapsed);
         }
     }
@@ -430,6 +443,22 @@ impl Drop for Recording {
             self.key.failure = Some(Failure::Cancelled);
         }
         self.finish();
-        self.active.decrement(1.0);
+        // The gauge incremented when the request entered, whatever the recorder is now.
+        match &self.active {
+            Active::Fixed(slot) => {
+                let gauges = &self.registry.active[usize::from(self.key.method)];
+                gauges.fixed(*slot).decrement(1.0);
+            }
+            Active::Spare(gauge) => gauge.decrement(1.0),
+        }
     }
+}
+
+/// Which active-requests gauge a request incremented.
+#[derive(Debug)]
+enum Active {
+    /// A write-once slot of the registry's gauge handles: no clone needed.
+    Fixed(u8),
+    /// Boxed to keep the common case small: this is the rare path.
+    Spare(Box<Gauge>),
 }
