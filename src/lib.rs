@@ -5,7 +5,7 @@
 //! | response cache | `cache` | RFC 9111 shared cache in process, bounded in bytes |
 //! | request coalescing | `coalesce` | one upstream call per in-flight key |
 //! | adaptive concurrency limit | `limit` | finds the backend's capacity, sheds the rest at once |
-//! | latency histograms | [`latency`] | per-route P50/P95/P99 through the `metrics` facade |
+//! | latency histograms | `latency` | per-route P50/P95/P99 through the `metrics` facade |
 //!
 //! Every layer keeps the inner service's error type (a cache hit or an
 //! overload rejection is a response, not an error), so each drops into

@@ -91,7 +91,7 @@ impl Metrics {
             .iter()
             .find(|(l, _)| *l == want)
             .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| panic!("no series {want:?} in {:#?}", series))
+            .unwrap_or_else(|| panic!("no series {want:?} in {series:#?}"))
     }
 
     /// The current value of every active-requests gauge, summed.
@@ -314,6 +314,49 @@ async fn unknown_methods_are_other_and_metrics_are_described_once_with_units() {
         .map(|(_, l)| l["http.request.method"].clone())
         .collect();
     assert_eq!(gauges, ["GET", "_OTHER"]);
+}
+
+#[tokio::test]
+async fn a_head_response_dropped_unpolled_is_complete() {
+    // hyper never polls a HEAD response's body: dropping it is its end.
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut metrics = Metrics::new(&recorder);
+    let svc = ServiceBuilder::new()
+        .layer(LatencyLayer::new())
+        .service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(ok("hi")) });
+    for method in ["HEAD", "GET"] {
+        let req = Request::builder().method(method).body(()).unwrap();
+        drop(svc.clone().oneshot(req).await.unwrap());
+    }
+    let head = [
+        ("http.request.method", "HEAD"),
+        ("http.route", "unmatched"),
+        ("http.response.status_code", "200"),
+    ];
+    assert_eq!(metrics.samples(&head).len(), 1);
+    let get = [
+        ("http.request.method", "GET"),
+        ("http.route", "unmatched"),
+        ("http.response.status_code", "200"),
+        ("error.type", "cancelled"),
+    ];
+    assert_eq!(metrics.samples(&get).len(), 1);
+    assert_eq!(metrics.active(), 0.0);
+}
+
+#[tokio::test]
+async fn poll_ready_forwards_to_the_inner_service() {
+    let (mock, mut handle) = tower_test::mock::pair::<Request<()>, Response<Full<Bytes>>>();
+    let mut svc = tower_test::mock::Spawn::new(tower::Layer::layer(&LatencyLayer::new(), mock));
+    handle.allow(0);
+    tokio_test::assert_pending!(svc.poll_ready());
+    handle.allow(1);
+    tokio_test::assert_ready_ok!(svc.poll_ready());
+    let res = svc.call(Request::get("/").body(()).unwrap());
+    let (_req, send) = handle.next_request().await.unwrap();
+    send.send_response(ok("hi"));
+    assert_eq!(res.await.unwrap().status(), StatusCode::OK);
 }
 
 #[tokio::test]
