@@ -45,7 +45,30 @@ fn exposition(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
 
 #[tokio::test]
 async fn scrape_shows_histograms_and_the_dashboard_queries_only_emitted_metrics() {
+    // A layer used before any recorder exists: the no-op gets its first
+    // samples, the exporter installed afterwards gets the rest.
+    let early = tower::ServiceBuilder::new()
+        .layer(
+            tower_perf::latency::LatencyLayer::new()
+                .naming(tower_perf::latency::Naming::Prometheus),
+        )
+        .service_fn(|_req: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                Bytes::from("x"),
+            )))
+        });
+    let early_call = || async {
+        let req = http::Request::put("/early").body(()).unwrap();
+        let res = tower::ServiceExt::oneshot(early.clone(), req)
+            .await
+            .unwrap();
+        res.into_body().collect().await.unwrap();
+    };
+    early_call().await;
+    early_call().await;
+
     let handle = example::install_recorder();
+    early_call().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, example::app(handle)).await });
@@ -102,6 +125,12 @@ async fn scrape_shows_histograms_and_the_dashboard_queries_only_emitted_metrics(
         "{text}"
     );
     assert!(!text.contains("/metrics"), "scrapes are not measured");
+    let early =
+        r#"http_request_method="PUT",http_route="unmatched",http_response_status_code="200""#;
+    assert!(
+        text.contains(&format!("{name}_count{{{early}}} 1")),
+        "only the request after the install: {text}"
+    );
 
     // The dashboard: every metric and label it queries is in the scrape.
     let (names, labels) = exposition(&text);
