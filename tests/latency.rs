@@ -473,6 +473,42 @@ async fn series_cap_sends_new_label_sets_to_one_overflow_series() {
     assert_eq!(summary.route("/item/0").unwrap().count, 1);
 }
 
+#[tokio::test]
+async fn many_label_sets_on_one_route_each_get_their_series() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut metrics = Metrics::new(&recorder);
+
+    let svc = ServiceBuilder::new()
+        .layer(LatencyLayer::new().route_fn(|_: &Request<()>| Some("/s")))
+        .service_fn(|req: Request<()>| async move {
+            let status: u16 = req.uri().path()[1..].parse().unwrap();
+            let mut res = ok("x");
+            *res.status_mut() = StatusCode::from_u16(status).unwrap();
+            Ok::<_, Infallible>(res)
+        });
+    // 20 statuses, twice each, interleaved: more series than a route keeps
+    // in its lock-free slots.
+    for _ in 0..2 {
+        for status in (200..210).chain(500..510) {
+            let req = Request::get(format!("/{status}")).body(()).unwrap();
+            let res = svc.clone().oneshot(req).await.unwrap();
+            res.into_body().collect().await.unwrap();
+        }
+    }
+    let series = metrics.series(DURATION);
+    assert_eq!(series.len(), 20);
+    for (labels, samples) in &series {
+        assert_eq!(samples.len(), 2, "{labels:?}");
+        let status: u16 = labels["http.response.status_code"].parse().unwrap();
+        assert_eq!(
+            labels.get("error.type").is_some(),
+            status >= 500,
+            "{labels:?}"
+        );
+    }
+}
+
 #[cfg(feature = "axum")]
 mod axum_routes {
     use super::*;

@@ -53,14 +53,24 @@
 //!
 //! # Cost and the recorder
 //!
-//! Once a label set has been seen, a request does no allocation and no
-//! registry lookup: the layer caches the metric handles per label set. A
-//! cached handle remembers which recorder it came from, and each request
-//! compares that with the recorder `metrics` would use now (its thread-local
-//! recorder, else the global one, else the no-op), so a recorder installed
-//! after the layer was built still gets every later sample. Because the
-//! identity is the recorder's address, build a new layer (or keep one
-//! recorder) when you swap local recorders in tests.
+//! Once a label set has been seen, a request does no allocation, takes no
+//! lock and does no registry lookup: the layer caches the metric handles per
+//! label set. A cached handle remembers which recorder it came from, and each
+//! request compares that with the recorder `metrics` would use now (its
+//! thread-local recorder, else the global one, else the no-op), so a recorder
+//! installed after the layer was built, or after the first requests, still
+//! gets every later sample. Two recorders per handle are served without
+//! locks (in practice: the no-op, then your exporter); a third (tests that
+//! swap local recorders) goes through a lock. Because the identity is the
+//! recorder's address, build a new layer per recorder in tests.
+//!
+//! Measured per request (`benches/latency.rs`, in process, best of
+//! interleaved rounds): about 190 ns over a bare `tower` service with no
+//! recorder and 240 ns with the Prometheus recorder, of which about 50 ns are
+//! the two clock reads and about 40 ns the recorder's own histogram and
+//! gauge updates. Inside an axum `Router` (`perf/benches/latency_peers.rs`)
+//! the layer costs about 370 ns with the Prometheus recorder, a quarter of
+//! `axum-prometheus` (about 1.6 µs) on the same router and recorder.
 //!
 //! # Example
 //!
@@ -124,12 +134,14 @@
 //! `/metrics`, and `dashboards/tower-perf.json` is a Grafana dashboard for
 //! them.
 //!
-//! # Compared with
+//! # Compared with `axum-prometheus`
 //!
-//! `axum-prometheus` installs its own global exporter and labels by path;
-//! this layer only emits through `metrics`, works for tonic and hyper too,
-//! stops the clock at the end of the body, caps series, and costs a fraction
-//! per request (see the `latency` benchmarks).
+//! `axum-prometheus` installs its own global exporter, is axum-only, labels
+//! by `MatchedPath` or else the raw path, and stops the clock at the
+//! response headers. This layer only emits through `metrics` (you choose the
+//! exporter and buckets), serves tonic and hyper as well, stops the clock at
+//! the end of the body, caps series, counts cancelled requests, and costs
+//! about a quarter as much per request.
 
 mod body;
 mod future;

@@ -41,6 +41,12 @@ pub(crate) struct Config {
     pub(crate) summary: bool,
 }
 
+impl Config {
+    fn stops_at_headers(&self, route: &str) -> bool {
+        self.stop_at_headers || self.stop_at_headers_routes.iter().any(|r| &**r == route)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -75,7 +81,7 @@ pub(crate) struct Route {
     pub(crate) stop_at_headers: bool,
     /// The first series, read without locks; the rest behind `more`.
     series: [OnceLock<Series>; FIXED_SERIES],
-    more: RwLock<Vec<Arc<Series>>>,
+    more: RwLock<Vec<Series>>,
     /// Serialises adding series.
     adding: Mutex<()>,
     summary: Option<Buckets>,
@@ -103,7 +109,7 @@ impl RouteRef {
     fn stop_at_headers(&self, registry: &Registry) -> bool {
         match self {
             RouteRef::Known(route) => route.stop_at_headers,
-            RouteRef::New(name) => registry.stops_at_headers(name),
+            RouteRef::New(name) => registry.config.stops_at_headers(name),
         }
     }
 }
@@ -132,7 +138,7 @@ impl Route {
             }
         }
         let more = read(&self.more);
-        more.iter().find(|s| s.key == key).map(|s| f(s))
+        more.iter().find(|s| s.key == key).map(f)
     }
 
     /// Adds the series of `key` unless `admit` refuses; true if it exists now.
@@ -151,7 +157,7 @@ impl Route {
         match self.series.iter().find(|slot| slot.get().is_none()) {
             // Only this thread sets slots (under `adding`), so the slot is free.
             Some(slot) => drop(slot.set(series)),
-            None => write(&self.more).push(Arc::new(series)),
+            None => write(&self.more).push(series),
         }
         true
     }
@@ -179,15 +185,6 @@ impl Registry {
             described: AtomicUsize::new(0),
             config,
         }
-    }
-
-    fn stops_at_headers(&self, route: &str) -> bool {
-        self.config.stop_at_headers
-            || self
-                .config
-                .stop_at_headers_routes
-                .iter()
-                .any(|r| &**r == route)
     }
 
     /// The route named `name`, without admitting it.
@@ -223,7 +220,7 @@ impl Registry {
         {
             return self.overflow.clone();
         }
-        let stop_at_headers = self.stops_at_headers(&name);
+        let stop_at_headers = self.config.stops_at_headers(&name);
         let route = Route::new(name.clone(), false, stop_at_headers, self.config.summary);
         routes.insert(name, route.clone());
         route
