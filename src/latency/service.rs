@@ -11,7 +11,7 @@ use tower_service::Service;
 
 use super::{
     labels::method_index,
-    state::{Recording, Registry},
+    state::{Recording, Registry, RouteRef},
     LatencyBody, LatencyLayer, ResponseFuture,
 };
 use crate::route::{grpc_method, is_grpc, matched_path, NoRoute, RouteFn};
@@ -88,7 +88,7 @@ where
             Some(route) => self.registry.lookup(route),
             None => match self.route_fn.route(&req) {
                 Some(route) => self.registry.lookup(route.as_ref()),
-                None => self.registry.unmatched(),
+                None => RouteRef::Unmatched,
             },
         };
         let recording = Recording::start(

@@ -100,6 +100,10 @@ struct Series {
 /// The route of a request, as known when it enters.
 #[derive(Debug)]
 pub(crate) enum RouteRef {
+    /// The route in a lookup-cache slot. Slots are written once, so the
+    /// index is enough: no reference count to touch per request.
+    Hint(u8),
+    Unmatched,
     Known(Arc<Route>),
     /// Not admitted yet: admitted (under the cap) once an outcome is recorded.
     New(Arc<str>),
@@ -108,6 +112,8 @@ pub(crate) enum RouteRef {
 impl RouteRef {
     fn stop_at_headers(&self, registry: &Registry) -> bool {
         match self {
+            RouteRef::Hint(i) => registry.hint(*i).stop_at_headers,
+            RouteRef::Unmatched => registry.unmatched.stop_at_headers,
             RouteRef::Known(route) => route.stop_at_headers,
             RouteRef::New(name) => registry.config.stops_at_headers(name),
         }
@@ -194,9 +200,10 @@ impl Registry {
     /// `MatchedPath` (shared per route) and `&'static str`s from a route fn.
     /// The address only picks the slot; the name is always compared.
     pub(crate) fn lookup(&self, name: &str) -> RouteRef {
-        let slot = &self.hints[(name.as_ptr() as usize >> 3) % HINTS];
-        if let Some(route) = slot.get().filter(|r| &*r.name == name) {
-            return RouteRef::Known(route.clone());
+        let i = (name.as_ptr() as usize >> 3) % HINTS;
+        let slot = &self.hints[i];
+        if slot.get().is_some_and(|r| &*r.name == name) {
+            return RouteRef::Hint(i as u8);
         }
         if let Some(route) = read(&self.routes).get(name) {
             let _ = slot.set(route.clone());
@@ -205,8 +212,10 @@ impl Registry {
         RouteRef::New(name.into())
     }
 
-    pub(crate) fn unmatched(&self) -> RouteRef {
-        RouteRef::Known(self.unmatched.clone())
+    fn hint(&self, i: u8) -> &Route {
+        self.hints[usize::from(i)]
+            .get()
+            .expect("a hint slot is set before its index is handed out")
     }
 
     /// Admits `name` if the cap allows, else the overflow route.
@@ -258,15 +267,21 @@ impl Registry {
 
     /// Records one finished request.
     fn record(&self, route: RouteRef, key: SeriesKey, elapsed: Duration) {
-        let route = match route {
-            _ if key.grpc == Some(GRPC_UNIMPLEMENTED) => self.unmatched.clone(),
-            RouteRef::Known(route) => route,
-            RouteRef::New(name) => self.admit(name),
+        let admitted;
+        let route: &Route = match route {
+            _ if key.grpc == Some(GRPC_UNIMPLEMENTED) => &self.unmatched,
+            RouteRef::Hint(i) => self.hint(i),
+            RouteRef::Unmatched => &self.unmatched,
+            RouteRef::Known(ref route) => route,
+            RouteRef::New(name) => {
+                admitted = self.admit(name);
+                &admitted
+            }
         };
         if let Some(summary) = &route.summary {
             summary.record(elapsed);
         }
-        self.record_series(&route, key, elapsed.as_secs_f64());
+        self.record_series(route, key, elapsed.as_secs_f64());
     }
 
     fn record_series(&self, route: &Route, key: SeriesKey, seconds: f64) {
