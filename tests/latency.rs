@@ -639,13 +639,17 @@ mod grpc {
 
     /// A tonic server with the (generated) health service behind the layer.
     async fn serve() -> std::net::SocketAddr {
+        serve_with(LatencyLayer::new()).await
+    }
+
+    async fn serve_with(layer: LatencyLayer) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (_reporter, health) = tonic_health::server::health_reporter();
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         tokio::spawn(
             tonic::transport::Server::builder()
-                .layer(LatencyLayer::new())
+                .layer(layer)
                 .add_service(health)
                 .serve_with_incoming(incoming),
         );
@@ -727,6 +731,51 @@ mod grpc {
     }
 
     #[tokio::test]
+    async fn random_unknown_methods_add_no_series_and_no_routes() {
+        let recorder = DebuggingRecorder::new();
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        let mut metrics = Metrics::new(&recorder);
+        let layer = LatencyLayer::new().summary();
+        let summary = layer.summary_handle().unwrap();
+        let addr = serve_with(layer).await;
+
+        for i in 0..300u32 {
+            let path = format!("/scan{}.Svc{i}/M{}", i * 7919 % 1000, i * 31);
+            assert_eq!(raw_call(addr, &path).await.1.as_deref(), Some("12"));
+        }
+        let series = metrics.series(DURATION);
+        assert_eq!(series.len(), 1, "{series:?}");
+        assert_eq!(series[0].0["http.route"], "unmatched");
+        assert_eq!(series[0].1.len(), 300);
+        let routes: Vec<_> = summary.routes().into_iter().map(|r| r.route).collect();
+        assert_eq!(routes, ["unmatched"], "no route was admitted");
+    }
+
+    #[tokio::test]
+    async fn clock_stopped_at_headers_still_waits_for_the_trailers_status() {
+        let recorder = DebuggingRecorder::new();
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        let mut metrics = Metrics::new(&recorder);
+        let check = "/grpc.health.v1.Health/Check";
+        let addr = serve_with(LatencyLayer::new().stop_clock_at_headers_on(check)).await;
+
+        let mut client = client(addr).await;
+        let req = HealthCheckRequest {
+            service: String::new(),
+        };
+        client.check(req).await.unwrap();
+        let ok = metrics.samples(&[
+            ("http.request.method", "POST"),
+            ("http.route", check),
+            ("http.response.status_code", "200"),
+            ("rpc.grpc.status_code", "0"),
+        ]);
+        assert_eq!(ok.len(), 1);
+        drop(client);
+        assert_eq!(metrics.active(), 0.0);
+    }
+
+    #[tokio::test]
     async fn a_cancelled_stream_is_recorded_and_leaves_the_gauge() {
         let recorder = DebuggingRecorder::new();
         let _guard = metrics::set_default_local_recorder(&recorder);
@@ -743,7 +792,7 @@ mod grpc {
         drop(stream);
         drop(client);
         // The server notices the reset stream and drops the body.
-        for _ in 0..200 {
+        for _ in 0..2000 {
             if metrics.active() == 0.0 {
                 break;
             }
