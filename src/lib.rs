@@ -43,6 +43,9 @@ pub mod key;
 pub mod limit;
 #[cfg(feature = "limit")]
 pub(crate) mod reject;
+#[cfg(feature = "latency")]
+#[cfg_attr(docsrs, doc(cfg(feature = "latency")))]
+pub mod latency;
 #[cfg(any(feature = "latency", feature = "limit"))]
 #[allow(dead_code)] // used by the layers
 pub(crate) mod route;

@@ -42,6 +42,57 @@ pub(crate) fn grpc_method<B>(req: &Request<B>) -> Option<&str> {
     (valid(service) && valid(method)).then_some(path)
 }
 
+// Public through `tower_perf::latency`; gated so `limit` alone has no
+// unreachable public items.
+#[cfg(feature = "latency")]
+pub use self::user::{NoRoute, RouteFn};
+
+#[cfg(feature = "latency")]
+mod user {
+    use http::Request;
+
+    /// Names the route of a request that has no axum `MatchedPath` and is not
+    /// gRPC: a user-supplied mapping from request to a low-cardinality label.
+    ///
+    /// Implemented for closures `Fn(&Request<B>) -> Option<R>` where `R: AsRef<str>`
+    /// (`&'static str`, `String`, ...). Return `None` for requests that match no
+    /// route; they share one fixed label. Never return the raw path: every
+    /// distinct value is a new series (a cap bounds them, but the overflow
+    /// series tells you nothing).
+    pub trait RouteFn<B> {
+        /// The label.
+        type Route: AsRef<str>;
+
+        /// The route label of `req`, or `None` when it matched no route.
+        fn route(&self, req: &Request<B>) -> Option<Self::Route>;
+    }
+
+    impl<B, F, R> RouteFn<B> for F
+    where
+        F: Fn(&Request<B>) -> Option<R>,
+        R: AsRef<str>,
+    {
+        type Route = R;
+
+        fn route(&self, req: &Request<B>) -> Option<R> {
+            self(req)
+        }
+    }
+
+    /// The default [`RouteFn`]: no user routes, so requests without a
+    /// `MatchedPath` or a gRPC method are unmatched.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct NoRoute;
+
+    impl<B> RouteFn<B> for NoRoute {
+        type Route = &'static str;
+
+        fn route(&self, _: &Request<B>) -> Option<&'static str> {
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,476 @@
+//! The registry shared by every clone of one layer: admitted routes, their
+//! series and the metric handles resolved for them (see `handles`).
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, OnceLock, RwLock,
+    },
+    time::Duration,
+};
+
+use http::StatusCode;
+use metrics::{Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit};
+use tokio::time::Instant;
+
+use super::{
+    handles::{Handle, Handles},
+    labels::{Failure, Names, SeriesKey, GRPC_UNIMPLEMENTED, METHODS},
+    summary::{Buckets, RouteSummary},
+    Naming,
+};
+use crate::route::UNMATCHED;
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// Slots in the route lookup cache.
+const HINTS: usize = 64;
+
+/// The route label of the overflow series in the in-process summary.
+const OVERFLOW: &str = "otel.metric.overflow";
+
+/// Configuration fixed when the layer is built.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) naming: Naming,
+    pub(crate) max_series: usize,
+    pub(crate) stop_at_headers: bool,
+    pub(crate) stop_at_headers_routes: Vec<Arc<str>>,
+    pub(crate) summary: bool,
+}
+
+impl Config {
+    fn stops_at_headers(&self, route: &str) -> bool {
+        self.stop_at_headers || self.stop_at_headers_routes.iter().any(|r| &**r == route)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            naming: Naming::OpenTelemetry,
+            max_series: 2000,
+            stop_at_headers: false,
+            stop_at_headers_routes: Vec::new(),
+            summary: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Registry {
+    pub(crate) config: Config,
+    names: &'static Names,
+    routes: RwLock<HashMap<Arc<str>, Arc<Route>>>,
+    hints: [OnceLock<Arc<Route>>; HINTS],
+    unmatched: Arc<Route>,
+    overflow: Arc<Route>,
+    /// Series created so far, against `config.max_series`.
+    series: AtomicUsize,
+    active: [Handles<Gauge>; METHODS.len()],
+    /// The recorder the metrics were last described to.
+    described: AtomicUsize,
+}
+
+#[derive(Debug)]
+pub(crate) struct Route {
+    name: Arc<str>,
+    overflow: bool,
+    pub(crate) stop_at_headers: bool,
+    /// The first series, read without locks; the rest behind `more`.
+    series: [OnceLock<Series>; FIXED_SERIES],
+    more: RwLock<Vec<Series>>,
+    /// Serialises adding series.
+    adding: Mutex<()>,
+    summary: Option<Buckets>,
+}
+
+/// Series per route read without a lock: method x status x outcome rarely
+/// exceeds this.
+const FIXED_SERIES: usize = 8;
+
+#[derive(Debug)]
+struct Series {
+    key: SeriesKey,
+    histogram: Handles<Histogram>,
+}
+
+/// The route of a request, as known when it enters.
+#[derive(Debug)]
+pub(crate) enum RouteRef {
+    /// The route in a lookup-cache slot. Slots are written once, so the
+    /// index is enough: no reference count to touch per request.
+    Hint(u8),
+    Unmatched,
+    Known(Arc<Route>),
+    /// Not admitted yet: admitted (under the cap) once an outcome is recorded.
+    New(Arc<str>),
+}
+
+impl RouteRef {
+    fn stop_at_headers(&self, registry: &Registry) -> bool {
+        match self {
+            RouteRef::Hint(i) => registry.hint(*i).stop_at_headers,
+            RouteRef::Unmatched => registry.unmatched.stop_at_headers,
+            RouteRef::Known(route) => route.stop_at_headers,
+            RouteRef::New(name) => registry.config.stops_at_headers(name),
+        }
+    }
+}
+
+impl Route {
+    fn new(name: Arc<str>, overflow: bool, stop_at_headers: bool, summary: bool) -> Arc<Self> {
+        Arc::new(Self {
+            name,
+            overflow,
+            stop_at_headers,
+            series: Default::default(),
+            more: RwLock::default(),
+            adding: Mutex::default(),
+            summary: summary.then(Buckets::new),
+        })
+    }
+
+    /// Runs `f` on the series of `key`, if it exists. The overflow route
+    /// has one series for every key.
+    fn with_series<T>(&self, key: SeriesKey, f: impl FnOnce(&Series) -> T) -> Option<T> {
+        for slot in &self.series {
+            match slot.get() {
+                Some(series) if self.overflow || series.key == key => return Some(f(series)),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+        let more = read(&self.more);
+        more.iter().find(|s| s.key == key).map(f)
+    }
+
+    /// Adds the series of `key` unless `admit` refuses; true if it exists now.
+    fn add_series(&self, key: SeriesKey, admit: impl FnOnce() -> bool) -> bool {
+        let _adding = self.adding.lock().unwrap_or_else(|e| e.into_inner());
+        if self.with_series(key, |_| ()).is_some() {
+            return true;
+        }
+        if !admit() {
+            return false;
+        }
+        let series = Series {
+            key,
+            histogram: Handles::default(),
+        };
+        match self.series.iter().find(|slot| slot.get().is_none()) {
+            // Only this thread sets slots (under `adding`), so the slot is free.
+            Some(slot) => drop(slot.set(series)),
+            None => write(&self.more).push(series),
+        }
+        true
+    }
+}
+
+impl Registry {
+    pub(crate) fn new(config: Config) -> Self {
+        let names = config.naming.names();
+        let route = |name: &str, overflow| {
+            Route::new(
+                name.into(),
+                overflow,
+                config.stop_at_headers,
+                config.summary,
+            )
+        };
+        Self {
+            names,
+            routes: RwLock::default(),
+            hints: std::array::from_fn(|_| OnceLock::new()),
+            unmatched: route(UNMATCHED, false),
+            overflow: route(OVERFLOW, true),
+            series: AtomicUsize::new(0),
+            active: Default::default(),
+            described: AtomicUsize::new(0),
+            config,
+        }
+    }
+
+    /// The route named `name`, without admitting it.
+    ///
+    /// A small direct-mapped cache, indexed by the label's address, spares
+    /// the map lookup for labels that live at a stable address: axum's
+    /// `MatchedPath` (shared per route) and `&'static str`s from a route fn.
+    /// The address only picks the slot; the name is always compared.
+    pub(crate) fn lookup(&self, name: &str) -> RouteRef {
+        let i = (name.as_ptr() as usize >> 3) % HINTS;
+        let slot = &self.hints[i];
+        if slot.get().is_some_and(|r| &*r.name == name) {
+            return RouteRef::Hint(i as u8);
+        }
+        if let Some(route) = read(&self.routes).get(name) {
+            let _ = slot.set(route.clone());
+            return RouteRef::Known(route.clone());
+        }
+        RouteRef::New(name.into())
+    }
+
+    fn hint(&self, i: u8) -> &Route {
+        self.hints[usize::from(i)]
+            .get()
+            .expect("a hint slot is set before its index is handed out")
+    }
+
+    /// Admits `name` if the cap allows, else the overflow route.
+    fn admit(&self, name: Arc<str>) -> Arc<Route> {
+        let mut routes = write(&self.routes);
+        if let Some(route) = routes.get(&name) {
+            return route.clone();
+        }
+        if routes.len() >= self.config.max_series
+            || self.series.load(Ordering::Relaxed) >= self.config.max_series
+        {
+            return self.overflow.clone();
+        }
+        let stop_at_headers = self.config.stops_at_headers(&name);
+        let route = Route::new(name.clone(), false, stop_at_headers, self.config.summary);
+        routes.insert(name, route.clone());
+        route
+    }
+
+    /// Describes both metrics to `recorder` once.
+    fn describe(&self, recorder: &dyn Recorder) {
+        let id = recorder as *const dyn Recorder as *const () as usize;
+        if self.described.swap(id, Ordering::Relaxed) == id {
+            return;
+        }
+        recorder.describe_histogram(
+            KeyName::from_const_str(self.names.duration),
+            Some(Unit::Seconds),
+            SharedString::const_str(
+                "Duration of HTTP server requests, until the response body ends.",
+            ),
+        );
+        recorder.describe_gauge(
+            KeyName::from_const_str(self.names.active),
+            Some(Unit::Count),
+            SharedString::const_str("Number of HTTP server requests in flight."),
+        );
+    }
+
+    /// The active-requests gauge for `method`, for the current recorder.
+    fn active(&self, method: u8) -> Handle<'_, Gauge> {
+        self.active[usize::from(method)].get(&|recorder| {
+            self.describe(recorder);
+            let method = SharedString::const_str(METHODS[usize::from(method)]);
+            let labels = vec![Label::new(self.names.method, method)];
+            recorder.register_gauge(&Key::from_parts(self.names.active, labels), &METADATA)
+        })
+    }
+
+    /// Records one finished request.
+    fn record(&self, route: RouteRef, key: SeriesKey, elapsed: Duration) {
+        let admitted;
+        let route: &Route = match route {
+            _ if key.grpc == Some(GRPC_UNIMPLEMENTED) => &self.unmatched,
+            RouteRef::Hint(i) => self.hint(i),
+            RouteRef::Unmatched => &self.unmatched,
+            RouteRef::Known(ref route) => route,
+            RouteRef::New(name) => {
+                admitted = self.admit(name);
+                &admitted
+            }
+        };
+        if let Some(summary) = &route.summary {
+            summary.record(elapsed);
+        }
+        self.record_series(route, key, elapsed.as_secs_f64());
+    }
+
+    fn record_series(&self, route: &Route, key: SeriesKey, seconds: f64) {
+        let record = |series: &Series| {
+            let histogram = series.histogram.get(&|recorder| {
+                self.describe(recorder);
+                let labels = if route.overflow {
+                    vec![Label::new(self.names.overflow, "true")]
+                } else {
+                    key.labels(self.names, SharedString::from(route.name.clone()))
+                };
+                let key = Key::from_parts(self.names.duration, labels);
+                recorder.register_histogram(&key, &METADATA)
+            });
+            histogram.record(seconds);
+        };
+        if route.with_series(key, record).is_some() {
+            return;
+        }
+        // First sample of this label set: admit it under the cap.
+        let max = self.config.max_series;
+        let admit = || {
+            route.overflow
+                || self
+                    .series
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        (n < max).then_some(n + 1)
+                    })
+                    .is_ok()
+        };
+        if route.add_series(key, admit) {
+            route.with_series(key, record);
+        } else {
+            self.record_series(&self.overflow, key, seconds);
+        }
+    }
+
+    /// Snapshots of every route's in-process summary.
+    pub(crate) fn summaries(&self) -> Vec<RouteSummary> {
+        let routes = read(&self.routes);
+        let all = [&self.unmatched, &self.overflow]
+            .into_iter()
+            .chain(routes.values());
+        all.filter_map(|r| Some(r.summary.as_ref()?.snapshot(r.name.to_string())))
+            .collect()
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // A panic while holding the lock cannot leave the maps inconsistent.
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The measurement of one request: created when it enters, moved from the
+/// response future into the body, finished once. Dropping it unfinished
+/// records the request as cancelled; dropping it always ends the request in
+/// the active-requests gauge, so the gauge cannot leak.
+#[derive(Debug)]
+pub(crate) struct Recording {
+    registry: Arc<Registry>,
+    route: Option<RouteRef>,
+    start: Instant,
+    active: Active,
+    key: SeriesKey,
+    grpc: bool,
+    head: bool,
+    /// Nanoseconds to the response headers, when the clock stopped there
+    /// (`u64::MAX` while it runs).
+    stopped: u64,
+}
+
+impl Recording {
+    pub(crate) fn start(
+        registry: Arc<Registry>,
+        route: RouteRef,
+        method: u8,
+        grpc: bool,
+        head: bool,
+        start: Instant,
+    ) -> Self {
+        let active = match registry.active(method) {
+            Handle::Fixed(gauge, slot) => {
+                gauge.increment(1.0);
+                Active::Fixed(slot)
+            }
+            Handle::Spare(gauge) => {
+                gauge.increment(1.0);
+                Active::Spare(Box::new(gauge))
+            }
+        };
+        Self {
+            registry,
+            route: Some(route),
+            start,
+            active,
+            key: SeriesKey {
+                method,
+                status: None,
+                grpc: None,
+                failure: None,
+            },
+            grpc,
+            head,
+            stopped: u64::MAX,
+        }
+    }
+
+    pub(crate) fn is_grpc(&self) -> bool {
+        self.grpc
+    }
+
+    /// The response headers arrived.
+    pub(crate) fn headers(&mut self, status: StatusCode, grpc_status: Option<u8>) {
+        self.key.status = Some(status);
+        if self.grpc {
+            self.key.grpc = grpc_status;
+        }
+        if let Some(route) = &self.route {
+            if route.stop_at_headers(&self.registry) {
+                let nanos = self.start.elapsed().as_nanos();
+                self.stopped = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
+                // Only a gRPC status still to come in trailers holds the record back.
+                if !self.grpc || grpc_status.is_some() {
+                    self.finish();
+                }
+            }
+        }
+    }
+
+    /// Trailers arrived.
+    pub(crate) fn grpc_status(&mut self, code: u8) {
+        if self.grpc {
+            self.key.grpc = Some(code);
+        }
+    }
+
+    pub(crate) fn fail(&mut self, failure: Failure) {
+        if self.route.is_some() {
+            self.key.failure = Some(failure);
+            self.finish();
+        }
+    }
+
+    /// Records the request, once.
+    pub(crate) fn finish(&mut self) {
+        if let Some(route) = self.route.take() {
+            if self.grpc && self.key.grpc.is_none() && self.key.failure.is_none() {
+                // A gRPC response that ended without a status.
+                if self.key.status == Some(StatusCode::OK) {
+                    self.key.failure = Some(Failure::Service);
+                }
+            }
+            let elapsed = match self.stopped {
+                u64::MAX => self.start.elapsed(),
+                nanos => Duration::from_nanos(nanos),
+            };
+            self.registry.record(route, self.key, elapsed);
+        }
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        // hyper drops a HEAD response's body unpolled: that is its end.
+        let ended = self.head && self.key.status.is_some();
+        if self.route.is_some() && !ended {
+            self.key.failure = Some(Failure::Cancelled);
+        }
+        self.finish();
+        // The gauge incremented when the request entered, whatever the recorder is now.
+        match &self.active {
+            Active::Fixed(slot) => {
+                let gauges = &self.registry.active[usize::from(self.key.method)];
+                gauges.fixed(*slot).decrement(1.0);
+            }
+            Active::Spare(gauge) => gauge.decrement(1.0),
+        }
+    }
+}
+
+/// Which active-requests gauge a request incremented.
+#[derive(Debug)]
+enum Active {
+    /// A write-once slot of the registry's gauge handles: no clone needed.
+    Fixed(u8),
+    /// Boxed to keep the common case small: this is the rare path.
+    Spare(Box<Gauge>),
+}
