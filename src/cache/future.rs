@@ -21,10 +21,10 @@ use super::{
     layer::{Settings, Shared},
     policy::{self, RequestCc, StoreRequest, Vary},
     service::{serve, Fwd, Status},
-    store::{self, Timing, Variant},
+    store::{self, Freshness, Timing, Variant},
 };
 use crate::{
-    body::{collect_capped, Capped, Collected, Tee},
+    body::{collect_capped, Capped, Tee},
     key::{Key, RequestHead},
 };
 
@@ -159,7 +159,11 @@ impl Forward {
         if parts.status == StatusCode::NOT_MODIFIED {
             return match (&self.stale, self.revalidating) {
                 (Some(stale), true) => {
-                    let variant = Arc::new(stale.refreshed(&parts.headers, timing));
+                    let variant = Arc::new(stale.refreshed(
+                        &parts.headers,
+                        timing,
+                        settings.status_header.as_ref(),
+                    ));
                     store::put_variant(&*self.shared.store, key.clone(), variant.clone());
                     Outcome::Refreshed(variant)
                 }
@@ -173,35 +177,45 @@ impl Forward {
         {
             return Outcome::Pass;
         }
+        let fresh = Freshness::of(parts.status, &parts.headers, timing);
+        let req = StoreRequest::new(&self.req_headers, self.req_cc, settings.store_set_cookie);
+        if policy::storable(
+            &req,
+            parts.status,
+            &parts.headers,
+            &fresh.cc,
+            fresh.fresh_for(),
+        )
+        .is_err()
+        {
+            return Outcome::Pass;
+        }
         let Vary::Names(names) = policy::vary(&parts.headers) else {
             return Outcome::Pass;
         };
         let tag_header = settings.tag_header.as_ref();
-        let variant = Variant::new(
+        let mut variant = Variant::new(
             parts.status,
             parts.version,
             policy::headers_to_store(&parts.headers, tag_header),
-            Collected::default(),
-            names
-                .into_iter()
-                .map(|name| {
-                    let value = policy::selecting_value(&self.req_headers, &name);
-                    (name, value)
-                })
-                .collect(),
-            tag_header.map_or_else(Default::default, |h| tags(&parts.headers, h)),
-            timing,
+            fresh,
+            settings.status_header.as_ref(),
         );
-        let req = StoreRequest::new(&self.req_headers, self.req_cc, settings.store_set_cookie);
-        let fresh_for = variant.lifetime.saturating_sub(variant.initial_age);
-        match policy::storable(&req, parts.status, &parts.headers, &variant.cc, fresh_for) {
-            Ok(()) => Outcome::Store(Inserter {
-                shared: self.shared.clone(),
-                key: key.clone(),
-                variant: Box::new(variant),
-            }),
-            Err(_) => Outcome::Pass,
+        variant.vary = names
+            .into_iter()
+            .map(|name| {
+                let value = policy::selecting_value(&self.req_headers, &name);
+                (name, value)
+            })
+            .collect();
+        if let Some(tag_header) = tag_header {
+            variant.tags = tags(&parts.headers, tag_header);
         }
+        Outcome::Store(Inserter {
+            shared: self.shared.clone(),
+            key: key.clone(),
+            variant: Box::new(variant),
+        })
     }
 
     /// Turns the upstream response into the client's.

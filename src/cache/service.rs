@@ -1,10 +1,9 @@
 use std::{
-    fmt::Write as _,
     sync::{atomic::Ordering, Arc},
     task::{Context, Poll},
 };
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use http::{
     header::{
         AGE, CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE,
@@ -264,38 +263,71 @@ impl Status {
         detail: None,
     };
 
-    /// Adds this status to `headers` under the configured name, if any.
+    /// Writes this entry, `name; hit; ttl=5`, to `buf`.
+    fn write(&self, name: &str, buf: &mut BytesMut) {
+        buf.extend_from_slice(name.as_bytes());
+        if self.hit {
+            buf.extend_from_slice(b"; hit");
+        }
+        if let Some(fwd) = self.fwd {
+            buf.extend_from_slice(b"; fwd=");
+            buf.extend_from_slice(fwd.as_str().as_bytes());
+        }
+        if let Some(status) = self.fwd_status {
+            buf.extend_from_slice(b"; fwd-status=");
+            buf.extend_from_slice(status.as_str().as_bytes());
+        }
+        if let Some(ttl) = self.ttl {
+            buf.extend_from_slice(b"; ttl=");
+            put_int(buf, ttl);
+        }
+        if self.stored {
+            buf.extend_from_slice(b"; stored");
+        }
+        if self.collapsed {
+            buf.extend_from_slice(b"; collapsed");
+        }
+        if let Some(detail) = self.detail {
+            buf.extend_from_slice(b"; detail=");
+            buf.extend_from_slice(detail.as_bytes());
+        }
+    }
+
+    /// Adds this entry to `headers`, after the members upstream caches put
+    /// there (RFC 9211 §2: the list runs from the origin to the client).
     pub(crate) fn apply(&self, shared: &Shared, headers: &mut HeaderMap) {
         let Some(header) = &shared.settings.status_header else {
             return;
         };
-        let mut s = String::with_capacity(64);
-        s.push_str(&shared.settings.status_name);
-        if self.hit {
-            s.push_str("; hit");
+        let mut buf = BytesMut::with_capacity(96);
+        for upstream in headers.get_all(header) {
+            buf.extend_from_slice(upstream.as_bytes());
+            buf.extend_from_slice(b", ");
         }
-        if let Some(fwd) = self.fwd {
-            let _ = write!(s, "; fwd={}", fwd.as_str());
-        }
-        if let Some(status) = self.fwd_status {
-            let _ = write!(s, "; fwd-status={}", status.as_u16());
-        }
-        if let Some(ttl) = self.ttl {
-            let _ = write!(s, "; ttl={ttl}");
-        }
-        if self.stored {
-            s.push_str("; stored");
-        }
-        if self.collapsed {
-            s.push_str("; collapsed");
-        }
-        if let Some(detail) = self.detail {
-            let _ = write!(s, "; detail={detail}");
-        }
-        if let Ok(value) = HeaderValue::try_from(s) {
+        self.write(&shared.settings.status_name, &mut buf);
+        if let Ok(value) = HeaderValue::from_maybe_shared(buf.freeze()) {
             headers.insert(header.clone(), value);
         }
     }
+}
+
+/// Writes the decimal digits of `n`.
+fn put_int(buf: &mut BytesMut, n: i64) {
+    if n < 0 {
+        buf.put_u8(b'-');
+    }
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
 }
 
 /// Headers a 304 carries (RFC 9110 §15.4.5).
@@ -337,12 +369,27 @@ pub(crate) fn serve<B>(
         }
     } else {
         *res.status_mut() = variant.status;
+        // Stored with `Age` and status placeholders: the inserts below
+        // replace them in place, with no reallocation.
         *res.headers_mut() = variant.headers.clone();
     }
-    let age_secs = age.as_secs().min(policy::DELTA_MAX);
-    res.headers_mut().insert(AGE, HeaderValue::from(age_secs));
-    status.ttl = Some(variant.lifetime.as_secs().min(policy::DELTA_MAX) as i64 - age_secs as i64);
-    status.apply(shared, res.headers_mut());
+    let age = age.as_secs().min(policy::DELTA_MAX);
+    status.ttl = Some(variant.lifetime.as_secs().min(policy::DELTA_MAX) as i64 - age as i64);
+    // One allocation holds both values.
+    let settings = &shared.settings;
+    let mut buf = BytesMut::with_capacity(settings.status_name.len() + 64);
+    put_int(&mut buf, age as i64);
+    let age = buf.split().freeze();
+    let headers = res.headers_mut();
+    if let Ok(age) = HeaderValue::from_maybe_shared(age) {
+        headers.insert(AGE, age);
+    }
+    if let Some(header) = &settings.status_header {
+        status.write(&settings.status_name, &mut buf);
+        if let Ok(value) = HeaderValue::from_maybe_shared(buf.freeze()) {
+            headers.insert(header.clone(), value);
+        }
+    }
     res
 }
 

@@ -9,7 +9,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, StatusCode, Version};
+use http::{header::AGE, HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use tokio::time::Instant;
 
 use super::policy::{self, ResponseCc};
@@ -43,6 +43,10 @@ pub(crate) struct Timing {
     pub(crate) default_ttl: Option<Duration>,
 }
 
+/// Placeholder for headers set on every hit, stored so that setting them
+/// replaces a value in place instead of growing the cloned map.
+const PLACEHOLDER: HeaderValue = HeaderValue::from_static("0");
+
 impl Timing {
     /// Timing for a response that arrived now, for a request sent at `request_time`.
     pub(crate) fn now(request_time: Instant, default_ttl: Option<Duration>) -> Self {
@@ -55,50 +59,82 @@ impl Timing {
     }
 }
 
-impl Variant {
-    /// A variant of already filtered `headers`.
-    pub(crate) fn new(
-        status: StatusCode,
-        version: Version,
-        headers: HeaderMap,
-        body: Collected,
-        vary: Box<[(HeaderName, Option<Bytes>)]>,
-        tags: Box<[Bytes]>,
-        timing: Timing,
-    ) -> Self {
-        let cc = ResponseCc::parse(&headers);
+/// A response's freshness facts, computed once when it arrives.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Freshness {
+    pub(crate) cc: ResponseCc,
+    pub(crate) lifetime: Duration,
+    /// The corrected initial age (RFC 9111 §4.2.3).
+    pub(crate) initial_age: Duration,
+    pub(crate) response_time: Instant,
+}
+
+impl Freshness {
+    pub(crate) fn of(status: StatusCode, headers: &HeaderMap, timing: Timing) -> Self {
+        let cc = ResponseCc::parse(headers);
         let lifetime =
-            policy::freshness_lifetime(status, &headers, &cc, timing.received, timing.default_ttl);
+            policy::freshness_lifetime(status, headers, &cc, timing.received, timing.default_ttl);
         let delay = timing
             .response_time
             .saturating_duration_since(timing.request_time);
-        let initial_age = policy::initial_age(&headers, timing.received, delay);
+        Self {
+            cc,
+            lifetime,
+            initial_age: policy::initial_age(headers, timing.received, delay),
+            response_time: timing.response_time,
+        }
+    }
+
+    /// What is left of the lifetime on arrival.
+    pub(crate) fn fresh_for(&self) -> Duration {
+        self.lifetime.saturating_sub(self.initial_age)
+    }
+}
+
+impl Variant {
+    /// A variant of already filtered `headers`, with no body, `Vary` or
+    /// tags yet. `Age` and `status_header` (`Cache-Status`) get placeholders.
+    pub(crate) fn new(
+        status: StatusCode,
+        version: Version,
+        mut headers: HeaderMap,
+        fresh: Freshness,
+        status_header: Option<&HeaderName>,
+    ) -> Self {
+        headers.insert(AGE, PLACEHOLDER);
+        if let Some(name) = status_header {
+            headers.insert(name.clone(), PLACEHOLDER);
+        }
         Self {
             status,
             version,
             headers,
-            body,
-            vary,
-            cc,
-            lifetime,
-            initial_age,
-            response_time: timing.response_time,
-            tags,
+            body: Collected::default(),
+            vary: Box::default(),
+            cc: fresh.cc,
+            lifetime: fresh.lifetime,
+            initial_age: fresh.initial_age,
+            response_time: fresh.response_time,
+            tags: Box::default(),
             refreshing: AtomicBool::new(false),
         }
     }
 
     /// The same response with headers updated from a 304 (RFC 9111 §4.3.4).
-    pub(crate) fn refreshed(&self, update: &HeaderMap, timing: Timing) -> Self {
-        Self::new(
-            self.status,
-            self.version,
-            policy::merge_headers(&self.headers, update),
-            self.body.clone(),
-            self.vary.clone(),
-            self.tags.clone(),
-            timing,
-        )
+    pub(crate) fn refreshed(
+        &self,
+        update: &HeaderMap,
+        timing: Timing,
+        status_header: Option<&HeaderName>,
+    ) -> Self {
+        let headers = policy::merge_headers(&self.headers, update);
+        let fresh = Freshness::of(self.status, &headers, timing);
+        Self {
+            body: self.body.clone(),
+            vary: self.vary.clone(),
+            tags: self.tags.clone(),
+            ..Self::new(self.status, self.version, headers, fresh, status_header)
+        }
     }
 
     /// The current age (RFC 9111 §4.2.3).
@@ -170,6 +206,10 @@ pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
 /// selecting header values.
 pub(crate) fn put_variant(store: &dyn Store, key: Key, variant: Arc<Variant>) {
     let mut variants = vec![variant.clone()];
+    // Without `Vary` the response answers every request: it replaces all.
+    if variant.vary.is_empty() {
+        return store.insert(key, variants.into());
+    }
     if let Some(entry) = store.get(&key) {
         variants.extend(
             entry
