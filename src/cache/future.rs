@@ -24,7 +24,7 @@ use super::{
     store::{self, Freshness, Timing, Variant},
 };
 use crate::{
-    body::{collect_capped, Capped, Tee},
+    body::{collect_capped, Capped, Collected, Sink, Tee},
     key::{Key, RequestHead},
 };
 
@@ -255,7 +255,14 @@ impl Forward {
             }
             Outcome::Store(inserter) => {
                 status.stored = true;
-                Tee::new(body, self.shared.settings.max_body_size, inserter)
+                // hyper never polls a body that has ended before its first
+                // frame (204, empty 200): store it now.
+                if body.is_end_stream() {
+                    Sink::complete(inserter, Collected::default());
+                    Tee::passthrough(body)
+                } else {
+                    Tee::new(body, self.shared.settings.max_body_size, inserter)
+                }
             }
             Outcome::Pass => Tee::passthrough(body),
         };
@@ -317,7 +324,7 @@ impl Forward {
         if let Outcome::Store(inserter) = self.classify(&parts, &body.size_hint()) {
             let cap = self.shared.settings.max_body_size;
             if let Capped::Complete(collected) = collect_capped(body, cap).await {
-                crate::body::Sink::complete(inserter, collected);
+                Sink::complete(inserter, collected);
             }
         }
     }

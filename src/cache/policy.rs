@@ -8,9 +8,10 @@ use std::time::{Duration, SystemTime};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{
     header::{
-        AGE, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, DATE, ETAG, EXPIRES,
-        IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
-        SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
+        AGE, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH,
+        CONTENT_RANGE, DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+        PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING,
+        UPGRADE, VARY,
     },
     HeaderMap, HeaderName, StatusCode,
 };
@@ -217,12 +218,17 @@ pub(crate) fn http_date(headers: &HeaderMap, field: &HeaderName) -> Option<Optio
     )
 }
 
-/// The `Age` header in seconds; absent or invalid counts as 0.
+/// The `Age` header in seconds: 0 when absent. Anything but one field line
+/// holding one delta-seconds (a list, a second line, a sign, a fraction, a
+/// parameter) is invalid freshness information, which RFC 9111 §4.2.1
+/// encourages treating as stale: it counts as [`DELTA_MAX`].
 pub(crate) fn age_value(headers: &HeaderMap) -> u64 {
-    headers
-        .get(AGE)
-        .and_then(|v| delta_seconds(Some(trim(v.as_bytes()))))
-        .unwrap_or(0)
+    let mut lines = headers.get_all(AGE).iter();
+    match (lines.next(), lines.next()) {
+        (None, _) => 0,
+        (Some(line), None) => delta_seconds(Some(trim(line.as_bytes()))).unwrap_or(DELTA_MAX),
+        (Some(_), Some(_)) => DELTA_MAX,
+    }
 }
 
 /// Status codes a cache may give heuristic freshness (RFC 9110 §15.1).
@@ -233,12 +239,12 @@ pub(crate) fn heuristically_cacheable(status: StatusCode) -> bool {
     )
 }
 
-/// Status codes this cache stores: final ones, except partial content (no
-/// range support) and 304 (only ever used to update a stored response).
+/// Final status codes defined by RFC 9110 (what `must-understand` asks about).
 pub(crate) fn understood(status: StatusCode) -> bool {
-    (200..600).contains(&status.as_u16())
-        && status != StatusCode::PARTIAL_CONTENT
-        && status != StatusCode::NOT_MODIFIED
+    matches!(
+        status.as_u16(),
+        200..=206 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505
+    )
 }
 
 /// Why a response is not stored.
@@ -286,7 +292,12 @@ pub(crate) fn storable(
     if req.cc.no_store {
         return Err(NotStorable::RequestNoStore);
     }
-    if !understood(status) {
+    // Only final responses; no range support (206), and a 304 only ever
+    // updates a stored response.
+    let status_ok = status.as_u16() >= 200
+        && status != StatusCode::PARTIAL_CONTENT
+        && status != StatusCode::NOT_MODIFIED;
+    if !status_ok || (cc.must_understand && !understood(status)) {
         return Err(NotStorable::Status);
     }
     // must-understand overrides no-store when the status is understood.
@@ -528,6 +539,7 @@ fn hop_by_hop(name: &HeaderName, connection: &[HeaderName]) -> bool {
     HOP_BY_HOP.contains(name)
         || name == "keep-alive"
         || name == "proxy-connection"
+        || name == "proxy-authentication-info"
         || connection.contains(name)
 }
 
@@ -555,16 +567,22 @@ pub(crate) fn headers_to_store(headers: &HeaderMap, extra: Option<&HeaderName>) 
     out
 }
 
+/// Fields a 304 never updates (RFC 9111 §3.2): they describe the stored
+/// body, which the 304 does not replace.
+const NOT_UPDATED: [HeaderName; 4] = [CONTENT_LENGTH, CONTENT_ENCODING, CONTENT_RANGE, ETAG];
+
 /// Updates stored headers from a 304 (RFC 9111 §3.2, §4.3.4): every field
-/// of the new response replaces the stored one, except `Content-Length`.
-/// `Age` and `Date` describe the old response: they never outlive it.
+/// of the new response replaces the stored one, except those describing the
+/// stored body (`Content-Length`, `Content-Encoding`, `Content-Range`,
+/// `Content-MD5`, `ETag`). `Age` and `Date` describe the old response:
+/// they never outlive it.
 pub(crate) fn merge_headers(stored: &HeaderMap, update: &HeaderMap) -> HeaderMap {
     let mut out = stored.clone();
     out.remove(AGE);
     out.remove(DATE);
     let update = headers_to_store(update, None);
     for name in update.keys() {
-        if name == CONTENT_LENGTH {
+        if NOT_UPDATED.contains(name) || name == "content-md5" {
             continue;
         }
         out.remove(name);
@@ -710,7 +728,16 @@ mod tests {
             initial_age(&h(&[("date", &date), ("age", "50")]), now, secs(1)),
             secs(51)
         );
-        assert_eq!(initial_age(&h(&[("age", "bogus")]), now, secs(2)), secs(2));
+        assert_eq!(initial_age(&h(&[("date", &date)]), now, secs(1)), secs(30));
+        for bad in ["bogus", "-1", "1.0", "1, 2", "0, 0", "1;a=b", ""] {
+            let age = initial_age(&h(&[("age", bad)]), now, secs(2));
+            assert_eq!(age, secs(DELTA_MAX + 2), "{bad:?} is invalid: stale");
+        }
+        let two_lines = h(&[("age", "0"), ("age", "0")]);
+        assert_eq!(
+            initial_age(&two_lines, now, Duration::ZERO),
+            secs(DELTA_MAX)
+        );
     }
 
     fn store_req(headers: &HeaderMap) -> StoreRequest {
@@ -730,6 +757,9 @@ mod tests {
         let fresh = h(&[("cache-control", "max-age=60")]);
         assert_eq!(check(&none, 200, &fresh), Ok(()));
         assert_eq!(check(&none, 599, &fresh), Ok(()), "explicit freshness");
+        let understand = h(&[("cache-control", "max-age=60, must-understand")]);
+        assert_eq!(check(&none, 599, &understand), Err(NotStorable::Status));
+        assert_eq!(check(&none, 200, &understand), Ok(()));
         assert_eq!(check(&none, 206, &fresh), Err(NotStorable::Status));
         let cc = |v: &str| h(&[("cache-control", v)]);
         assert_eq!(
@@ -980,6 +1010,7 @@ mod tests {
         assert_eq!(merged["cache-control"], "max-age=9");
         assert_eq!(merged["etag"], "\"a\"");
         assert!(merged.get("age").is_none() && merged.get("date").is_none());
+        assert!(merged.get("content-encoding").is_none());
     }
 
     fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
