@@ -855,3 +855,64 @@ async fn distinct_urls_stay_within_max_capacity() {
     let entries = handle.entry_count();
     assert!(entries > 500 && entries < 2048, "{entries}");
 }
+
+#[tokio::test]
+async fn empty_bodies_are_stored_and_upstream_cache_status_is_kept() {
+    let calls = Calls::default();
+    let app = Router::new()
+        .route(
+            "/empty",
+            counted(&calls, |_, _| {
+                (
+                    StatusCode::NO_CONTENT,
+                    [
+                        ("cache-control", "max-age=60"),
+                        ("cache-status", "origin-cache; fwd=uri-miss"),
+                    ],
+                )
+            }),
+        )
+        .layer(CacheLayer::new());
+    let server = Server::start(app).await;
+    let first = server.get("/empty").await;
+    assert_eq!(first.status, StatusCode::NO_CONTENT);
+    // RFC 9211: the list runs from the origin towards the client.
+    assert_eq!(
+        first.cache_status(),
+        "origin-cache; fwd=uri-miss, tower-perf; fwd=uri-miss; fwd-status=204; stored"
+    );
+    let hit = server.get("/empty").await;
+    assert_eq!(hit.status, StatusCode::NO_CONTENT);
+    assert!(
+        hit.cache_status().starts_with("tower-perf; hit"),
+        "{}",
+        hit.cache_status()
+    );
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test]
+async fn must_understand_needs_a_known_status() {
+    let calls = Calls::default();
+    let app = Router::new()
+        .route(
+            "/{code}",
+            counted(&calls, |req: Request, n| {
+                let code: u16 = req.uri().path()[1..].parse().unwrap();
+                (
+                    StatusCode::from_u16(code).unwrap(),
+                    [("cache-control", "max-age=60, must-understand, no-store")],
+                    format!("v{n}"),
+                )
+            }),
+        )
+        .layer(CacheLayer::new());
+    let server = Server::start(app).await;
+    server.get("/200").await;
+    assert!(
+        server.get("/200").await.hit(),
+        "understood: no-store is overridden"
+    );
+    server.get("/599").await;
+    assert!(!server.get("/599").await.hit());
+}
