@@ -178,8 +178,8 @@ fn main() {
         .configure_from_args();
     benches(&mut c);
     c.final_summary();
-    // `cargo test --benches` runs this binary in test mode: skip the long run.
-    if !std::env::args().any(|a| a == "--test" || a == "--list") {
+    // Test mode (`cargo test --benches`), listing and profiling skip the A/B run.
+    if !std::env::args().any(|a| a == "--test" || a == "--list" || a == "--profile-time") {
         ratios();
     }
 }

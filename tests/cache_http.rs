@@ -916,3 +916,34 @@ async fn must_understand_needs_a_known_status() {
     server.get("/599").await;
     assert!(!server.get("/599").await.hit());
 }
+
+#[tokio::test]
+async fn surrogate_control_sets_freshness_and_never_leaves() {
+    let calls = Calls::default();
+    let app = Router::new()
+        .route(
+            "/s",
+            counted(&calls, |_, n| {
+                (
+                    [
+                        ("cache-control", "max-age=0"),
+                        ("surrogate-control", "max-age=60"),
+                    ],
+                    format!("v{n}"),
+                )
+            }),
+        )
+        .layer(CacheLayer::new());
+    let server = Server::start(app).await;
+    let first = server.get("/s").await;
+    assert!(first.header("surrogate-control").is_none());
+    let hit = server.get("/s").await;
+    assert!(hit.hit(), "{}", hit.cache_status());
+    assert!(hit.header("surrogate-control").is_none());
+    assert_eq!(
+        hit.header("cache-control"),
+        Some("max-age=0"),
+        "browsers still revalidate"
+    );
+    assert_eq!(calls.get(), 1);
+}

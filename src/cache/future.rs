@@ -266,6 +266,8 @@ impl Forward {
             }
             Outcome::Pass => Tee::passthrough(body),
         };
+        // Both are addressed to this cache.
+        parts.headers.remove(policy::SURROGATE_CONTROL);
         if let Some(tag_header) = &self.shared.settings.tag_header {
             parts.headers.remove(tag_header);
         }

@@ -8,10 +8,10 @@ use std::time::{Duration, SystemTime};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{
     header::{
-        AGE, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH,
-        CONTENT_RANGE, DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
-        PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING,
-        UPGRADE, VARY,
+        ACCEPT_CHARSET, ACCEPT_ENCODING, ACCEPT_LANGUAGE, AGE, AUTHORIZATION, CACHE_CONTROL,
+        CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, DATE, ETAG, EXPIRES,
+        IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+        SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
     },
     HeaderMap, HeaderName, StatusCode,
 };
@@ -100,11 +100,19 @@ pub(crate) fn delta_seconds(value: Option<&[u8]>) -> Option<u64> {
     }))
 }
 
-/// Response `Cache-Control` directives a shared cache acts on. The first
-/// occurrence of a valued directive wins; an invalid `max-age` or `s-maxage`
-/// counts as 0 (stale), as RFC 9111 §4.2.1 allows.
+/// The header addressed to surrogates (reverse-proxy caches), W3C Edge
+/// Architecture: its `max-age` overrides `Cache-Control` freshness here, and
+/// it never leaves the cache.
+pub(crate) const SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+
+/// Response `Cache-Control` directives a shared cache acts on, and the
+/// `Surrogate-Control` `max-age`. The first occurrence of a valued directive
+/// wins; an invalid `max-age` or `s-maxage` counts as 0 (stale), as RFC 9111
+/// §4.2.1 allows.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ResponseCc {
+    pub(crate) surrogate_max_age: Option<u64>,
+    pub(crate) surrogate_no_store: bool,
     pub(crate) max_age: Option<u64>,
     pub(crate) s_maxage: Option<u64>,
     pub(crate) no_store: bool,
@@ -153,7 +161,22 @@ impl ResponseCc {
                 first(&mut cc.stale_if_error, None);
             }
         });
+        // Only untargeted directives: `max-age=60;edge-7` is for another device.
+        for_each_directive(headers, &SURROGATE_CONTROL, |name, value| {
+            cc.surrogate_no_store |= name.eq_ignore_ascii_case(b"no-store");
+            if cc.surrogate_max_age.is_none()
+                && name.eq_ignore_ascii_case(b"max-age")
+                && value.is_some_and(|v| !v.contains(&b';'))
+            {
+                cc.surrogate_max_age = Some(delta_seconds(value).unwrap_or(0));
+            }
+        });
         cc
+    }
+
+    /// Whether the response states its freshness lifetime.
+    fn explicit(&self) -> bool {
+        self.surrogate_max_age.is_some() || self.s_maxage.is_some() || self.max_age.is_some()
     }
 
     /// Whether a stale copy may ever be served without revalidation
@@ -301,7 +324,7 @@ pub(crate) fn storable(
         return Err(NotStorable::Status);
     }
     // must-understand overrides no-store when the status is understood.
-    if cc.no_store && !cc.must_understand {
+    if (cc.no_store && !cc.must_understand) || cc.surrogate_no_store {
         return Err(NotStorable::NoStore);
     }
     if cc.private {
@@ -316,7 +339,7 @@ pub(crate) fn storable(
     if matches!(vary(headers), Vary::Star) {
         return Err(NotStorable::VaryStar);
     }
-    let explicit = cc.max_age.is_some() || cc.s_maxage.is_some() || headers.contains_key(EXPIRES);
+    let explicit = cc.explicit() || headers.contains_key(EXPIRES);
     let heuristic = cc.public || heuristically_cacheable(status);
     let useful = !fresh_for.is_zero()
         || headers.contains_key(ETAG)
@@ -329,7 +352,8 @@ pub(crate) fn storable(
     Ok(())
 }
 
-/// The freshness lifetime (RFC 9111 §4.2.1): `s-maxage`, then `max-age`, then
+/// The freshness lifetime (RFC 9111 §4.2.1): `Surrogate-Control: max-age`,
+/// then `s-maxage`, then `max-age`, then
 /// `Expires - Date`; otherwise the operator's default TTL, otherwise the
 /// heuristic of §4.2.2, both only for heuristically cacheable responses.
 pub(crate) fn freshness_lifetime(
@@ -339,7 +363,7 @@ pub(crate) fn freshness_lifetime(
     received: SystemTime,
     default_ttl: Option<Duration>,
 ) -> Duration {
-    if let Some(s) = cc.s_maxage.or(cc.max_age) {
+    if let Some(s) = cc.surrogate_max_age.or(cc.s_maxage).or(cc.max_age) {
         return Duration::from_secs(s);
     }
     let date = http_date(headers, &DATE).flatten().unwrap_or(received);
@@ -504,7 +528,9 @@ pub(crate) fn vary(headers: &HeaderMap) -> Vary {
 }
 
 /// The normalised value of a selecting header: field lines combined, list
-/// members trimmed and joined by `,`. `None` when the header is absent.
+/// members trimmed and joined by `,`, and lowercased for the headers whose
+/// values are case-insensitive (`Accept-Encoding`, `Accept-Language`,
+/// `Accept-Charset`). `None` when the header is absent.
 pub(crate) fn selecting_value(headers: &HeaderMap, name: &HeaderName) -> Option<Bytes> {
     let mut lines = headers.get_all(name).iter().peekable();
     lines.peek()?;
@@ -520,6 +546,9 @@ pub(crate) fn selecting_value(headers: &HeaderMap, name: &HeaderName) -> Option<
             }
             out.extend_from_slice(member);
         }
+    }
+    if [ACCEPT_ENCODING, ACCEPT_LANGUAGE, ACCEPT_CHARSET].contains(name) {
+        out.make_ascii_lowercase();
     }
     Some(out.freeze())
 }
@@ -554,13 +583,13 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// The headers to store from a response: without hop-by-hop and
-/// `Connection`-listed fields and `extra`. (`Age` is kept for the age
+/// `Connection`-listed fields, `Surrogate-Control` and `extra`. (`Age` is kept for the age
 /// calculation and replaced on every hit.)
 pub(crate) fn headers_to_store(headers: &HeaderMap, extra: Option<&HeaderName>) -> HeaderMap {
     let connection = connection_listed(headers);
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        if !(hop_by_hop(name, &connection) || Some(name) == extra) {
+        if !(hop_by_hop(name, &connection) || name == SURROGATE_CONTROL || Some(name) == extra) {
             out.append(name.clone(), value.clone());
         }
     }
@@ -630,6 +659,31 @@ mod tests {
         assert_eq!(cc.max_age, Some(60), "first occurrence wins");
         assert_eq!(cc.s_maxage, Some(30), "quoted value accepted");
         assert_eq!(cc.stale_while_revalidate, Some(10));
+    }
+
+    #[test]
+    fn surrogate_control_max_age_wins_unless_targeted() {
+        let now = SystemTime::now();
+        let headers = h(&[
+            ("cache-control", "max-age=1, s-maxage=2"),
+            ("surrogate-control", "foo, MAX-AGE=3600"),
+        ]);
+        let cc = ResponseCc::parse(&headers);
+        assert_eq!(cc.surrogate_max_age, Some(3600));
+        let life = freshness_lifetime(StatusCode::OK, &headers, &cc, now, None);
+        assert_eq!(life, secs(3600));
+        let no_store = h(&[
+            ("cache-control", "max-age=60"),
+            ("surrogate-control", "no-store"),
+        ]);
+        assert_eq!(
+            check(&HeaderMap::new(), 200, &no_store),
+            Err(NotStorable::NoStore)
+        );
+        let targeted = h(&[("surrogate-control", "max-age=3600;other-cache")]);
+        assert_eq!(ResponseCc::parse(&targeted).surrogate_max_age, None);
+        let stored = headers_to_store(&headers, None);
+        assert!(stored.get("surrogate-control").is_none());
     }
 
     #[test]
@@ -970,6 +1024,16 @@ mod tests {
         let b = h(&[("accept", "text/html,application/json,*/*")]);
         assert_eq!(selecting_value(&a, &name), selecting_value(&b, &name));
         assert_eq!(selecting_value(&HeaderMap::new(), &name), None);
+        let lang = HeaderName::from_static("accept-language");
+        assert_eq!(
+            selecting_value(&h(&[("accept-language", "eN, De")]), &lang),
+            selecting_value(&h(&[("accept-language", "en,de")]), &lang)
+        );
+        let case_sensitive = h(&[("accept", "Text/HTML")]);
+        assert_eq!(
+            selecting_value(&case_sensitive, &name).unwrap(),
+            "Text/HTML"
+        );
     }
 
     #[test]
