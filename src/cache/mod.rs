@@ -28,8 +28,11 @@
 //!   `s-maxage` or `must-revalidate`; to requests without `no-store`;
 //! - without `Set-Cookie` (see [`CacheLayer::store_set_cookie`]);
 //! - not `Vary: *`;
-//! - with some freshness or a validator to revalidate with. Freshness is
-//!   `s-maxage`, else `max-age`, else `Expires` − `Date`; without those, and
+//! - not `must-understand` with a status code RFC 9110 does not define;
+//! - with some freshness, a validator to revalidate with, or a stale-* window.
+//!   Freshness is `Surrogate-Control: max-age` (addressed to reverse-proxy
+//!   caches; removed before the response leaves), else `s-maxage`, else
+//!   `max-age`, else `Expires` − `Date`; without those, and
 //!   only for heuristically cacheable statuses (200, 203, 204, 300, 301, 308,
 //!   404, 405, 410, 414, 501) or `public`, the [`default_ttl`] if the
 //!   operator set one, else 10% of the time since `Last-Modified` (at most a
@@ -39,7 +42,13 @@
 //! [`max_body_size`]. A larger body (or a `Content-Length` over it) is never
 //! buffered: it streams on, and the entry is dropped. Server-sent events and
 //! other endless bodies pass through unbroken. Hop-by-hop headers, those
-//! named by `Connection`, `Age` and the tag header are not stored.
+//! named by `Connection`, `Surrogate-Control` and the tag header are not
+//! stored.
+//!
+//! Invalid freshness information counts as stale (RFC 9111 §4.2.1): an
+//! invalid `max-age` or `s-maxage`, an `Expires` that is not a date, an `Age`
+//! that is not one non-negative integer on one line. The first occurrence of
+//! a repeated directive wins.
 //!
 //! # What is served
 //!
@@ -48,12 +57,15 @@
 //! (`fwd` is one of `uri-miss`, `vary-miss`, `stale`, `request`, `bypass`,
 //! `method`). Every response from the cache carries `Age`.
 //!
-//! - A fresh entry whose `Vary` selecting headers match is served; a
+//! - A fresh entry whose `Vary` selecting headers match is served (values
+//!   compared after combining lines and trimming list members; `Accept-Encoding`,
+//!   `Accept-Language` and `Accept-Charset` case-insensitively); a
 //!   request's `If-None-Match` (weak comparison) or `If-Modified-Since` is
 //!   answered with 304 from it.
 //! - A stale entry is revalidated upstream with its `ETag` / `Last-Modified`;
-//!   a 304 refreshes the stored headers (RFC 9111 §4.3.4) and the stored
-//!   body is served.
+//!   a 304 refreshes the stored headers (RFC 9111 §4.3.4; fields describing
+//!   the stored body, such as `ETag` and `Content-Encoding`, are kept) and the
+//!   stored body is served.
 //! - `stale-while-revalidate` (RFC 5861) serves the stale entry at once and
 //!   sends the request upstream once, in the background, to refresh it.
 //!   `stale-if-error` serves it when the origin fails or answers 5xx. Both
@@ -92,7 +104,10 @@
 //! # How it differs
 //!
 //! Concurrent misses for one key are not collapsed here: put the coalescing
-//! layer beneath the cache for that (`latency -> limit -> cache -> coalesce`).
+//! layer beneath the cache for that (`latency -> limit -> cache -> coalesce`);
+//! a response it shared between waiters is marked `collapsed` in
+//! `Cache-Status`. Range requests are not answered from the cache (206
+//! responses are not stored).
 //! Unlike a user-agent cache, this is a *shared* cache: `private` responses
 //! and, by default, responses that set cookies are never stored. A hit or a
 //! stale answer is a response, never an error, so the layer drops into
