@@ -947,3 +947,28 @@ async fn surrogate_control_sets_freshness_and_never_leaves() {
     );
     assert_eq!(calls.get(), 1);
 }
+
+#[tokio::test]
+async fn invalidation_covers_every_key_header_value() {
+    let calls = Calls::default();
+    let layer = CacheLayer::new()
+        .key_options(KeyOptions::new().header(http::HeaderName::from_static("accept-language")));
+    let app = Router::new()
+        .route(
+            "/k",
+            counted(&calls, |req: Request, n| match *req.method() {
+                Method::GET => ([("cache-control", "max-age=60")], format!("v{n}")).into_response(),
+                _ => StatusCode::OK.into_response(),
+            }),
+        )
+        .layer(layer);
+    let server = Server::start(app).await;
+    let (fr, en) = ([("accept-language", "fr")], [("accept-language", "en")]);
+    server.send(Method::GET, "/k", &fr).await;
+    server.send(Method::GET, "/k", &en).await;
+    assert!(server.send(Method::GET, "/k", &fr).await.hit());
+    assert!(server.send(Method::GET, "/k", &en).await.hit());
+    server.send(Method::PUT, "/k", &[]).await;
+    assert!(!server.send(Method::GET, "/k", &fr).await.hit());
+    assert!(!server.send(Method::GET, "/k", &en).await.hit());
+}

@@ -83,7 +83,17 @@ where
         > + Clone,
 {
     async fn get_with(&self, headers: &[(&str, &str)]) -> Result<Reply, io::Error> {
-        let mut req = Request::get("http://example.com/x");
+        self.send(http::Method::GET, headers).await
+    }
+
+    async fn send(
+        &self,
+        method: http::Method,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, io::Error> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri("http://example.com/x");
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -259,6 +269,34 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
     // Past the window: revalidate in the foreground.
     advance(Duration::from_secs(100)).await;
     assert_eq!(h.get().await.body, "v3");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_head_refreshes_the_entry_with_a_get() {
+    let h = harness(CacheLayer::new(), |req, n| {
+        assert_eq!(
+            req.method(),
+            http::Method::GET,
+            "HEAD never reaches the origin here"
+        );
+        response(
+            &[(
+                "cache-control",
+                "max-age=1, stale-while-revalidate=60".into(),
+            )],
+            format!("v{n}"),
+        )
+    });
+    h.get().await;
+    advance(Duration::from_secs(5)).await;
+    let head = h.send(http::Method::HEAD, &[]).await.unwrap();
+    assert!(head.body.is_empty());
+    assert!(head
+        .cache_status()
+        .contains("detail=stale-while-revalidate"));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(h.calls(), 2);
+    assert_eq!(h.get().await.body, "v2");
 }
 
 #[tokio::test(start_paused = true)]

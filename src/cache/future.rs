@@ -365,7 +365,10 @@ fn tags(headers: &HeaderMap, name: &http::HeaderName) -> Box<[Bytes]> {
 /// Invalidation after an unsafe request (RFC 9111 §4.4): the target URI,
 /// and `Location` / `Content-Location` when they name the same origin.
 pub(crate) struct Invalidate {
+    /// The request's own key (a custom key function's, if any).
     target: Key,
+    /// The key of the bare target URI.
+    target_uri: Key,
     scheme: String,
     authority: String,
     path: String,
@@ -387,6 +390,7 @@ impl Invalidate {
         };
         Some(Self {
             target,
+            target_uri: settings.key_options.target_key(req.uri(), req.headers()),
             scheme: req.uri().scheme_str().unwrap_or("http").to_owned(),
             authority,
             path: req.uri().path().to_owned(),
@@ -396,15 +400,27 @@ impl Invalidate {
 
     fn run(&self, shared: &Shared, headers: &HeaderMap) {
         shared.store.remove(&self.target);
+        self.remove_uri(shared, &self.target_uri);
         for name in [LOCATION, CONTENT_LOCATION] {
             if let Some(uri) = headers
                 .get(name)
                 .and_then(|v| self.resolve(v.to_str().ok()?))
             {
-                shared
-                    .store
-                    .remove(&self.options.target_key(&uri, &HeaderMap::new()));
+                self.remove_uri(shared, &self.options.target_key(&uri, &HeaderMap::new()));
             }
+        }
+    }
+
+    /// Removes the entries of a URI: with key headers configured, one per
+    /// combination of their values (`uri\nname:value...`).
+    fn remove_uri(&self, shared: &Shared, key: &Key) {
+        shared.store.remove(key);
+        if !self.options.headers().is_empty() {
+            let mut prefix = key.as_bytes().to_vec();
+            prefix.push(b'\n');
+            shared
+                .store
+                .remove_if(Box::new(move |key, _| key.starts_with(&prefix)));
         }
     }
 

@@ -176,6 +176,8 @@ impl<S> CacheService<S> {
         }
         let req_headers = req.headers().clone();
         let revalidating = conditionalize(&mut req, &stale);
+        // The entry is a GET's: refresh it with a GET even when a HEAD came.
+        *req.method_mut() = Method::GET;
         let forward = Forward {
             key: Some(key),
             req_cc,
