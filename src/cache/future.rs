@@ -196,7 +196,6 @@ impl Forward {
         let tag_header = settings.tag_header.as_ref();
         let mut variant = Variant::new(
             parts.status,
-            parts.version,
             policy::headers_to_store(&parts.headers, tag_header),
             fresh,
             settings.status_header.as_ref(),

@@ -123,11 +123,9 @@ where
                         return ResponseFuture::ready(res);
                     }
                     Use::Revalidate => {
-                        fwd = if req_cc.no_cache || req_cc.max_age.is_some() {
-                            Fwd::Request
-                        } else {
-                            Fwd::Stale
-                        };
+                        // A fresh entry is only passed over at the client's request.
+                        let fresh = variant.lifetime > age && !variant.cc.no_cache;
+                        fwd = if fresh { Fwd::Request } else { Fwd::Stale };
                         stale = Some(variant.clone());
                     }
                 }

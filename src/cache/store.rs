@@ -9,7 +9,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header::AGE, HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
+use http::{header::AGE, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::time::Instant;
 
 use super::policy::{self, ResponseCc};
@@ -19,7 +19,6 @@ use crate::{body::Collected, key::Key};
 #[derive(Debug)]
 pub(crate) struct Variant {
     pub(crate) status: StatusCode,
-    pub(crate) version: Version,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Collected,
     /// The selecting request headers and their normalised values.
@@ -96,7 +95,6 @@ impl Variant {
     /// tags yet. `Age` and `status_header` (`Cache-Status`) get placeholders.
     pub(crate) fn new(
         status: StatusCode,
-        version: Version,
         mut headers: HeaderMap,
         fresh: Freshness,
         status_header: Option<&HeaderName>,
@@ -107,7 +105,6 @@ impl Variant {
         }
         Self {
             status,
-            version,
             headers,
             body: Collected::default(),
             vary: Box::default(),
@@ -133,7 +130,7 @@ impl Variant {
             body: self.body.clone(),
             vary: self.vary.clone(),
             tags: self.tags.clone(),
-            ..Self::new(self.status, self.version, headers, fresh, status_header)
+            ..Self::new(self.status, headers, fresh, status_header)
         }
     }
 
