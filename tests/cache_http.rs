@@ -972,3 +972,32 @@ async fn invalidation_covers_every_key_header_value() {
     assert!(!server.send(Method::GET, "/k", &fr).await.hit());
     assert!(!server.send(Method::GET, "/k", &en).await.hit());
 }
+
+#[tokio::test]
+async fn an_unstorable_replacement_removes_the_outdated_entry() {
+    let calls = Calls::default();
+    let app = Router::new()
+        .route(
+            "/u",
+            counted(&calls, |_, n| match n {
+                1 => (
+                    [
+                        ("cache-control", "max-age=5"),
+                        ("age", "10"),
+                        ("etag", "\"1\""),
+                    ],
+                    "v1",
+                )
+                    .into_response(),
+                2 => ([("cache-control", "no-store")], "v2").into_response(),
+                _ => ([("cache-control", "max-age=60")], "v3").into_response(),
+            }),
+        )
+        .layer(CacheLayer::new());
+    let server = Server::start(app).await;
+    server.get("/u").await;
+    assert_eq!(server.get("/u").await.body, "v2");
+    // The stale v1 is gone: a client accepting any staleness gets no v1.
+    let stale_ok = [("cache-control", "max-stale")];
+    assert_eq!(server.send(Method::GET, "/u", &stale_ok).await.body, "v3");
+}

@@ -149,8 +149,20 @@ impl Forward {
         }
     }
 
-    /// `size_hint` is the body's: a lower bound over the cap skips storing.
+    /// What becomes of a response; `size_hint` is its body's (a lower bound
+    /// over the cap skips storing). A full response that replaces a stored
+    /// one but is not stored itself removes it: the stored one is outdated.
     fn classify(&self, parts: &Parts, size_hint: &SizeHint) -> Outcome {
+        let outcome = self.outcome(parts, size_hint);
+        if let (Outcome::Pass, Some(_), Some(key)) = (&outcome, &self.stale, &self.key) {
+            if parts.status != StatusCode::NOT_MODIFIED && !parts.status.is_server_error() {
+                self.shared.store.remove(key);
+            }
+        }
+        outcome
+    }
+
+    fn outcome(&self, parts: &Parts, size_hint: &SizeHint) -> Outcome {
         let Some(key) = &self.key else {
             return Outcome::Pass;
         };
