@@ -178,8 +178,11 @@ fn main() {
         .configure_from_args();
     benches(&mut c);
     c.final_summary();
-    // Test mode (`cargo test --benches`), listing and profiling skip the A/B run.
-    if !std::env::args().any(|a| a == "--test" || a == "--list" || a == "--profile-time") {
+    // Only under `cargo bench` (which passes `--bench`); not in test mode,
+    // listing or profiling.
+    let args: Vec<String> = std::env::args().collect();
+    let skip = ["--test", "--list", "--profile-time"];
+    if args.iter().any(|a| a == "--bench") && !args.iter().any(|a| skip.contains(&a.as_str())) {
         ratios();
     }
 }
