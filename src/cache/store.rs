@@ -280,3 +280,61 @@ impl Store for MokaStore {
         self.cache.entry_count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn variant(lang: Option<&str>, body: impl Into<Bytes>) -> Arc<Variant> {
+        let timing = Timing::now(Instant::now(), None);
+        let headers = HeaderMap::new();
+        let fresh = Freshness::of(StatusCode::OK, &headers, timing);
+        let mut v = Variant::new(StatusCode::OK, headers, fresh, None);
+        v.body = Collected {
+            data: body.into(),
+            trailers: None,
+        };
+        if let Some(lang) = lang {
+            let name = HeaderName::from_static("accept-language");
+            v.vary = vec![(name, Some(Bytes::copy_from_slice(lang.as_bytes())))].into();
+        }
+        Arc::new(v)
+    }
+
+    #[tokio::test]
+    async fn variants_replace_their_own_selection_and_stay_bounded() {
+        let store = MokaStore::new(1 << 20);
+        let key = Key::from("http://a/x");
+        put_variant(&store, key.clone(), variant(Some("fr"), "fr1"));
+        put_variant(&store, key.clone(), variant(Some("en"), "en1"));
+        put_variant(&store, key.clone(), variant(Some("fr"), "fr2"));
+        let entry = store.get(&key).unwrap();
+        let bodies: Vec<_> = entry.iter().map(|v| v.body.data.clone()).collect();
+        assert_eq!(bodies, ["fr2", "en1"], "newest first, one per selection");
+
+        let mut fr = HeaderMap::new();
+        fr.insert("accept-language", HeaderValue::from_static("fr"));
+        assert_eq!(
+            entry.iter().find(|v| v.matches(&fr)).unwrap().body.data,
+            "fr2"
+        );
+
+        for i in 0..100 {
+            put_variant(&store, key.clone(), variant(Some(&format!("l{i}")), "x"));
+        }
+        assert_eq!(store.get(&key).unwrap().len(), MAX_VARIANTS);
+
+        // A response without Vary answers every request: it replaces all.
+        put_variant(&store, key.clone(), variant(None, "plain"));
+        assert_eq!(store.get(&key).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn weight_counts_body_and_headers() {
+        let small = variant(None, "x");
+        let big = variant(None, "y".repeat(10_000));
+        assert!(big.weight() >= 10_000);
+        assert!(big.weight() - small.weight() == 9_999);
+    }
+}
