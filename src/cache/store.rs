@@ -226,8 +226,12 @@ pub(crate) struct MokaStore {
 
 impl MokaStore {
     pub(crate) fn new(max_capacity: u64) -> Self {
+        // Sized up front for entries of a few KiB: growing the concurrent
+        // table while entries churn costs repeated rehashes.
+        let initial = (max_capacity / 4096).clamp(64, 1 << 20) as usize;
         let cache = moka::sync::Cache::builder()
             .max_capacity(max_capacity)
+            .initial_capacity(initial)
             .weigher(|key: &Key, entry: &Entry| {
                 let bytes = key.len() + entry.iter().map(|v| v.weight()).sum::<usize>();
                 u32::try_from(bytes).unwrap_or(u32::MAX)
