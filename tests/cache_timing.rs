@@ -409,3 +409,26 @@ async fn errors_pass_through_unchanged() {
     }));
     let _: Result<_, Infallible> = svc.oneshot(Request::get("/").body(()).unwrap()).await;
 }
+
+#[tokio::test]
+async fn request_bodies_need_not_be_sync() {
+    use http_body_util::{combinators::UnsyncBoxBody, BodyExt as _};
+    type NotSync = UnsyncBoxBody<Bytes, Infallible>;
+    let svc = CacheLayer::new().layer(service_fn(|_: Request<NotSync>| async {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("cache-control", "max-age=60")
+                .body(Full::new(Bytes::from_static(b"ok")))
+                .unwrap(),
+        )
+    }));
+    for expected in ["fwd=uri-miss", "; hit"] {
+        let body = Full::new(Bytes::new()).boxed_unsync();
+        let req = Request::get("http://a.example/").body(body).unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        let status = res.headers()["cache-status"].to_str().unwrap().to_owned();
+        assert!(status.contains(expected), "{status}");
+        // The copy is stored once the body has been read to its end.
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+    }
+}
