@@ -155,7 +155,9 @@ impl Forward {
     fn classify(&self, parts: &Parts, size_hint: &SizeHint) -> Outcome {
         let outcome = self.outcome(parts, size_hint);
         if let (Outcome::Pass, Some(_), Some(key)) = (&outcome, &self.stale, &self.key) {
-            if parts.status != StatusCode::NOT_MODIFIED && !parts.status.is_server_error() {
+            // A HEAD's answer has no body to replace the stored one with.
+            let full = !self.head && parts.status != StatusCode::NOT_MODIFIED;
+            if full && !parts.status.is_server_error() {
                 self.shared.store.remove(key);
             }
         }
