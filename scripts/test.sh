@@ -29,5 +29,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --locked
 step "each feature alone (cargo hack --each-feature)"
 cargo hack check --each-feature --no-dev-deps
 
+step "HTTP cache conformance (http-cache-tests against examples/cache_proxy.rs)"
+bash scripts/conformance.sh
+
 echo
 echo "all checks passed"

@@ -126,7 +126,16 @@ pin_project! {
 
 impl<B, S: Sink> Tee<B, S> {
     /// Collects `inner` into `sink`, up to `cap` bytes.
-    pub(crate) fn new(inner: B, cap: usize, sink: S) -> Self {
+    pub(crate) fn new(inner: B, cap: usize, sink: S) -> Self
+    where
+        B: Body,
+    {
+        // hyper never polls a body that has ended before its first frame
+        // (204, an empty 200): complete it now.
+        if inner.is_end_stream() {
+            sink.complete(Collected::default());
+            return Self::passthrough(inner);
+        }
         Self {
             inner,
             collecting: Some(Collecting {
@@ -372,6 +381,14 @@ mod tests {
         assert_eq!(frame.into_data().unwrap(), "x");
         assert!(body.is_end_stream());
         assert_eq!(probe.0.lock().unwrap().as_ref().unwrap().data, "x");
+    }
+
+    #[test]
+    fn tee_completes_a_body_that_ended_before_its_first_frame() {
+        let probe = Probe::default();
+        let body = Tee::new(http_body_util::Empty::<Bytes>::new(), 10, probe.clone());
+        assert!(body.is_end_stream());
+        assert_eq!(probe.0.lock().unwrap().as_ref().unwrap().data, "");
     }
 
     #[tokio::test]

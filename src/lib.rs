@@ -31,7 +31,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(any(feature = "cache", feature = "coalesce"))]
-#[allow(dead_code)] // used by the layers
+#[allow(dead_code)] // each layer uses part of it; a single-layer build leaves the rest unused
 pub(crate) mod body;
 #[cfg(feature = "cache")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
@@ -50,5 +50,5 @@ pub mod limit;
 #[cfg(feature = "limit")]
 pub(crate) mod reject;
 #[cfg(any(feature = "latency", feature = "limit"))]
-#[allow(dead_code)] // used by the layers
+#[allow(dead_code)] // each layer uses part of it; a single-layer build leaves the rest unused
 pub(crate) mod route;

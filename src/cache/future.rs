@@ -24,7 +24,7 @@ use super::{
     store::{self, Freshness, Timing, Variant},
 };
 use crate::{
-    body::{collect_capped, Capped, Collected, Sink, Tee},
+    body::{collect_capped, Capped, Sink, Tee},
     key::{Key, RequestHead},
 };
 
@@ -268,14 +268,7 @@ impl Forward {
             }
             Outcome::Store(inserter) => {
                 status.stored = true;
-                // hyper never polls a body that has ended before its first
-                // frame (204, empty 200): store it now.
-                if body.is_end_stream() {
-                    Sink::complete(inserter, Collected::default());
-                    Tee::passthrough(body)
-                } else {
-                    Tee::new(body, self.shared.settings.max_body_size, inserter)
-                }
+                Tee::new(body, self.shared.settings.max_body_size, inserter)
             }
             Outcome::Pass => Tee::passthrough(body),
         };
@@ -345,11 +338,21 @@ impl Forward {
     }
 }
 
-/// Hook for RFC 9211 `collapsed`: whether this response was shared with
-/// other waiting requests by the coalescing layer beneath the cache.
-/// Wired to `tower_perf::coalesce::Collapsed` at merge; until then, never.
-fn is_collapsed(_parts: &Parts) -> bool {
-    false
+/// RFC 9211 `collapsed`: whether the coalescing layer beneath the cache
+/// shared this response with other waiting requests.
+fn is_collapsed(parts: &Parts) -> bool {
+    #[cfg(feature = "coalesce")]
+    {
+        parts
+            .extensions
+            .get::<crate::coalesce::Collapsed>()
+            .is_some()
+    }
+    #[cfg(not(feature = "coalesce"))]
+    {
+        let _ = parts;
+        false
+    }
 }
 
 fn content_length(headers: &HeaderMap) -> Option<usize> {
