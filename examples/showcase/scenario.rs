@@ -9,28 +9,63 @@
 //!
 //! The compiler points at every `match` that needs the new variant.
 
-use axum::Router;
+use axum::{extract::Request, Router};
+use tower_perf::{
+    cache::{CacheHandle, CacheLayer},
+    coalesce::CoalesceLayer,
+    latency::{LatencyLayer, LatencySummary},
+    limit::{AdaptiveLimitLayer, LimitHandle},
+};
+
+use crate::{stats::fmt_duration, workload::Route};
 
 /// One way of building the service under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Scenario {
     /// The app with no layer: the baseline every other row is compared with.
     Bare,
+    /// Per-route latency histograms: what measuring costs.
+    Latency,
+    /// The response cache.
+    Cache,
+    /// Request coalescing.
+    Coalesce,
+    /// The adaptive concurrency limit.
+    Limit,
+    /// All four, in the recommended order.
+    FullStack,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run and appear in the table.
-    pub(crate) const ALL: &'static [Scenario] = &[Scenario::Bare];
+    pub(crate) const ALL: &'static [Scenario] = &[
+        Scenario::Bare,
+        Scenario::Latency,
+        Scenario::Cache,
+        Scenario::Coalesce,
+        Scenario::Limit,
+        Scenario::FullStack,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Scenario::Bare => "bare",
+            Scenario::Latency => "latency",
+            Scenario::Cache => "cache",
+            Scenario::Coalesce => "coalesce",
+            Scenario::Limit => "limit",
+            Scenario::FullStack => "full-stack",
         }
     }
 
     pub(crate) fn about(self) -> &'static str {
         match self {
             Scenario::Bare => "the app alone: every request reaches the database",
+            Scenario::Latency => "LatencyLayer: per-route P50/P95/P99, measured in process",
+            Scenario::Cache => "CacheLayer: fresh responses served from memory (RFC 9111)",
+            Scenario::Coalesce => "CoalesceLayer: identical in-flight reads share one database call",
+            Scenario::Limit => "AdaptiveLimitLayer: admits what the database serves without queueing, sheds the rest with 503",
+            Scenario::FullStack => "latency -> cache -> coalesce -> limit, the recommended order",
         }
     }
 
@@ -60,13 +95,11 @@ impl Built {
         }
     }
 
-    #[allow(dead_code)] // used once a layer with a handle is wired in
     pub(crate) fn live(mut self, probe: impl Fn() -> String + Send + Sync + 'static) -> Self {
         self.live = Some(Box::new(probe));
         self
     }
 
-    #[allow(dead_code)] // used once a layer with a handle is wired in
     pub(crate) fn notes(mut self, probe: impl Fn() -> String + Send + Sync + 'static) -> Self {
         self.notes = Some(Box::new(probe));
         self
@@ -75,37 +108,110 @@ impl Built {
 
 /// Wraps the app in the layers of `scenario`: the one place scenarios differ.
 ///
-/// Layers go in `Router::layer` so they see the matched route. A new layer is built for
-/// every scenario, so no state (cached entries, learned limits) leaks between rows. For
-/// example, once the layers exist:
-///
-/// ```text
-/// Scenario::Limit => {
-///     let limit = AdaptiveLimitLayer::new();
-///     let handle = limit.handle();
-///     Built::new(app.layer(limit))
-///         .live(move || format!("limit {} in flight {}", handle.limit(), handle.in_flight()))
-/// }
-/// Scenario::Latency => {
-///     let latency = LatencyLayer::new().summary();
-///     let summary = latency.summary_handle();
-///     Built::new(app.layer(latency)).notes(move || {
-///         let routes = summary.iter().flat_map(|s| s.routes());
-///         routes
-///             .map(|r| format!("{}: {} requests, P99 {}", r.route, r.count, fmt_duration(r.p99)))
-///             .collect::<Vec<_>>()
-///             .join("\n")
-///     })
-/// }
-/// Scenario::FullStack => Built::new(
-///     app.layer(CoalesceLayer::new())      // innermost: collapses identical misses
-///         .layer(CacheLayer::new())
-///         .layer(AdaptiveLimitLayer::new())
-///         .layer(LatencyLayer::new()),     // outermost: sees every outcome
-/// ),
-/// ```
+/// Layers go in `Router::layer` so they see the matched route; the last one
+/// added is the outermost. A new layer is built for every scenario, so no
+/// state (cached entries, learned limits) leaks between rows.
 pub(crate) fn build(scenario: Scenario, app: Router) -> Built {
     match scenario {
         Scenario::Bare => Built::new(app),
+        Scenario::Latency => {
+            let latency = latency_layer();
+            let summary = latency.summary_handle();
+            Built::new(app.layer(latency)).notes(move || route_notes(summary.as_ref()))
+        }
+        Scenario::Cache => {
+            let cache = CacheLayer::new();
+            let handle = cache.handle();
+            Built::new(app.layer(cache)).notes(move || cache_notes(&handle))
+        }
+        Scenario::Coalesce => Built::new(app.layer(CoalesceLayer::new())),
+        Scenario::Limit => {
+            let limit = AdaptiveLimitLayer::new();
+            let handle = limit.handle();
+            let live = handle.clone();
+            Built::new(app.layer(limit))
+                .live(move || limit_live(&live))
+                .notes(move || limit_notes(&handle))
+        }
+        Scenario::FullStack => {
+            let latency = latency_layer();
+            let summary = latency.summary_handle();
+            let cache = CacheLayer::new();
+            let cache_handle = cache.handle();
+            let limit = AdaptiveLimitLayer::new();
+            let limit_handle = limit.handle();
+            let live = limit_handle.clone();
+            let router = app
+                .layer(limit) // innermost: protects the database from what reaches it
+                .layer(CoalesceLayer::new()) // a burst of identical misses takes one permit
+                .layer(cache) // hits never wait for, or take, a permit
+                .layer(latency); // outermost: sees every outcome, shed requests included
+            Built::new(router)
+                .live(move || limit_live(&live))
+                .notes(move || {
+                    [
+                        cache_notes(&cache_handle),
+                        limit_notes(&limit_handle),
+                        route_notes(summary.as_ref()),
+                    ]
+                    .join("\n")
+                })
+        }
     }
+}
+
+/// A latency layer that names the showcase's routes. (With the crate's `axum`
+/// feature, axum's `MatchedPath` does this without a route function.)
+fn latency_layer() -> LatencyLayer<impl Fn(&Request) -> Option<&'static str> + Clone> {
+    LatencyLayer::new().summary().route_fn(|req: &Request| {
+        let path = req.uri().path();
+        Route::ALL
+            .into_iter()
+            .map(Route::template)
+            .find(|template| match template.strip_suffix("{id}") {
+                Some(prefix) => path.starts_with(prefix),
+                None => path == *template,
+            })
+    })
+}
+
+fn route_notes(summary: Option<&LatencySummary>) -> String {
+    summary
+        .into_iter()
+        .flat_map(LatencySummary::routes)
+        .map(|r| {
+            format!(
+                "latency {}: {} requests, P50 {} P95 {} P99 {} (as the layer measured it)",
+                r.route,
+                r.count,
+                fmt_duration(r.p50),
+                fmt_duration(r.p95),
+                fmt_duration(r.p99)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn cache_notes(handle: &CacheHandle) -> String {
+    format!(
+        "cache: {} entries, {} KiB stored at the end",
+        handle.entry_count(),
+        handle.weighted_size() / 1024
+    )
+}
+
+fn limit_live(handle: &LimitHandle) -> String {
+    format!("limit {} in flight {}", handle.limit(), handle.in_flight())
+}
+
+fn limit_notes(handle: &LimitHandle) -> String {
+    let c = handle.counters();
+    format!(
+        "limiter: limit {} at the end; {} admitted, {} shed, {} drops",
+        handle.limit(),
+        c.admitted,
+        c.rejected,
+        c.drops
+    )
 }
