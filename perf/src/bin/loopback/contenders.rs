@@ -64,12 +64,47 @@ pub fn all(db: Db) -> Vec<Contender> {
 /// Their layers live on other branches. Once one is merged, uncomment its
 /// line; nothing else changes (the targets already look these names up).
 fn tower_perf() -> Vec<Contender> {
+    use tower_perf::{
+        cache::CacheLayer, coalesce::CoalesceLayer, latency::LatencyLayer,
+        limit::AdaptiveLimitLayer,
+    };
     vec![
-        // c("tower-perf latency", &[Trivial], "LatencyLayer::new() in Router::layer; records into the global Prometheus recorder", |r| app(r.layer(tower_perf::latency::LatencyLayer::new()))),
-        // c("tower-perf limit", &[Trivial, Overload], "AdaptiveLimitLayer::new() defaults in Router::layer", |r| app(r.layer(tower_perf::limit::AdaptiveLimitLayer::new()))),
-        // c(TP_CACHE, &[Hit1k, Hit100k, Trivial], "CacheLayer::new() defaults in Router::layer (freshness from max-age=60)", |r| app(r.layer(tower_perf::cache::CacheLayer::new()))),
-        // c("tower-perf coalesce", &[Trivial, HotKey], "CoalesceLayer::new() defaults in Router::layer", |r| app(r.layer(tower_perf::coalesce::CoalesceLayer::new()))),
-        // c(TP_FULL_STACK, &[Trivial, HotKey, Overload], "latency -> limit -> cache -> coalesce, each ::new(), in Router::layer", |r| app(r.layer(tower_perf::coalesce::CoalesceLayer::new()).layer(tower_perf::cache::CacheLayer::new()).layer(tower_perf::limit::AdaptiveLimitLayer::new()).layer(tower_perf::latency::LatencyLayer::new()))),
+        c(
+            "tower-perf latency",
+            &[Trivial],
+            "LatencyLayer::new() in Router::layer; records into the global Prometheus recorder",
+            |r| app(r.layer(LatencyLayer::new())),
+        ),
+        c(
+            "tower-perf limit",
+            &[Trivial, Overload],
+            "AdaptiveLimitLayer::new() defaults (Vegas) in Router::layer",
+            |r| app(r.layer(AdaptiveLimitLayer::new())),
+        ),
+        c(
+            TP_CACHE,
+            &[Hit1k, Hit100k, Trivial],
+            "CacheLayer::new() defaults in Router::layer (freshness from max-age=60)",
+            |r| app(r.layer(CacheLayer::new())),
+        ),
+        c(
+            "tower-perf coalesce",
+            &[Trivial, HotKey],
+            "CoalesceLayer::new() defaults in Router::layer",
+            |r| app(r.layer(CoalesceLayer::new())),
+        ),
+        c(
+            TP_FULL_STACK,
+            &[Trivial, HotKey, Overload],
+            "latency -> cache -> coalesce -> limit, each ::new(), in Router::layer",
+            |r| {
+                app(r
+                    .layer(AdaptiveLimitLayer::new())
+                    .layer(CoalesceLayer::new())
+                    .layer(CacheLayer::new())
+                    .layer(LatencyLayer::new()))
+            },
+        ),
     ]
 }
 
