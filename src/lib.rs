@@ -2,10 +2,10 @@
 //!
 //! | layer | module | what it does |
 //! |---|---|---|
-//! | response cache | `cache` | RFC 9111 shared cache in process, bounded in bytes |
+//! | response cache | [`cache`] | RFC 9111 shared cache in process, bounded in bytes |
 //! | request coalescing | [`coalesce`] | one upstream call per in-flight key |
 //! | adaptive concurrency limit | [`limit`] | finds the backend's capacity, sheds the rest at once |
-//! | latency histograms | `latency` | per-route P50/P95/P99 through the `metrics` facade |
+//! | latency histograms | [`latency`] | per-route P50/P95/P99 through the `metrics` facade |
 //!
 //! Every layer keeps the inner service's error type (a cache hit or an
 //! overload rejection is a response, not an error), so each drops into
@@ -33,6 +33,9 @@
 #[cfg(any(feature = "cache", feature = "coalesce"))]
 #[allow(dead_code)] // used by the layers
 pub(crate) mod body;
+#[cfg(feature = "cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
+pub mod cache;
 #[cfg(feature = "coalesce")]
 #[cfg_attr(docsrs, doc(cfg(feature = "coalesce")))]
 pub mod coalesce;

@@ -1,0 +1,468 @@
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{atomic::Ordering, Arc},
+    task::{ready, Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{
+    header::{CONTENT_LENGTH, CONTENT_LOCATION, LOCATION},
+    response::Parts,
+    HeaderMap, Request, Response, StatusCode, Uri,
+};
+use http_body::{Body, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use super::{
+    body::{CacheBody, Inserter},
+    layer::{Settings, Shared},
+    policy::{self, RequestCc, StoreRequest, Vary},
+    service::{serve, Fwd, Status},
+    store::{self, Freshness, Timing, Variant},
+};
+use crate::{
+    body::{collect_capped, Capped, Collected, Sink, Tee},
+    key::{Key, RequestHead},
+};
+
+pin_project! {
+    /// Response future of [`CacheService`](super::CacheService).
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Ready { response: Option<Response<CacheBody<B>>> },
+        Upstream { #[pin] future: F, forward: Option<Box<Forward>> },
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    pub(crate) fn ready(response: Response<CacheBody<B>>) -> Self {
+        Self {
+            state: State::Ready {
+                response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn upstream(future: F, forward: Forward) -> Self {
+        Self {
+            state: State::Upstream {
+                future,
+                forward: Some(Box::new(forward)),
+            },
+        }
+    }
+}
+
+impl<F, B> fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Ready { .. } => "Ready",
+            State::Upstream { .. } => "Upstream",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body<Data = Bytes>,
+{
+    type Output = Result<Response<CacheBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Ready { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+            StateProj::Upstream { future, forward } => {
+                let result = ready!(future.poll(cx));
+                let forward = forward.take().expect("polled after completion");
+                Poll::Ready(match result {
+                    Ok(res) => Ok(forward.respond(res)),
+                    Err(e) => forward.stale_for_error(None).ok_or(e),
+                })
+            }
+        }
+    }
+}
+
+/// What a forwarded request needs once its response arrives.
+pub(crate) struct Forward {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) request_time: Instant,
+    pub(crate) fwd: Fwd,
+    /// The key, for GET and HEAD requests that may be answered or stored.
+    pub(crate) key: Option<Key>,
+    pub(crate) head: bool,
+    pub(crate) req_cc: RequestCc,
+    /// The client's request headers (selecting headers, conditionals).
+    pub(crate) req_headers: HeaderMap,
+    /// The stored response that could not be served as is.
+    pub(crate) stale: Option<Arc<Variant>>,
+    /// Whether the request carries the stored response's validators.
+    pub(crate) revalidating: bool,
+    pub(crate) invalidate: Option<Invalidate>,
+}
+
+/// What becomes of an upstream response.
+enum Outcome {
+    /// A 304 refreshed the stored response: serve it.
+    Refreshed(Arc<Variant>),
+    /// Store the response once its body is complete.
+    Store(Inserter),
+    /// Pass it on untouched.
+    Pass,
+}
+
+impl Forward {
+    /// A request that is not answered from the cache.
+    pub(crate) fn pass(
+        shared: &Arc<Shared>,
+        request_time: Instant,
+        fwd: Fwd,
+        invalidate: Option<Invalidate>,
+    ) -> Self {
+        Self {
+            shared: shared.clone(),
+            request_time,
+            fwd,
+            key: None,
+            head: false,
+            req_cc: RequestCc::default(),
+            req_headers: HeaderMap::new(),
+            stale: None,
+            revalidating: false,
+            invalidate,
+        }
+    }
+
+    /// What becomes of a response; `size_hint` is its body's (a lower bound
+    /// over the cap skips storing). A full response that replaces a stored
+    /// one but is not stored itself removes it: the stored one is outdated.
+    fn classify(&self, parts: &Parts, size_hint: &SizeHint) -> Outcome {
+        let outcome = self.outcome(parts, size_hint);
+        if let (Outcome::Pass, Some(_), Some(key)) = (&outcome, &self.stale, &self.key) {
+            if parts.status != StatusCode::NOT_MODIFIED && !parts.status.is_server_error() {
+                self.shared.store.remove(key);
+            }
+        }
+        outcome
+    }
+
+    fn outcome(&self, parts: &Parts, size_hint: &SizeHint) -> Outcome {
+        let Some(key) = &self.key else {
+            return Outcome::Pass;
+        };
+        let settings = &self.shared.settings;
+        let timing = Timing::now(self.request_time, settings.default_ttl);
+        if parts.status == StatusCode::NOT_MODIFIED {
+            return match (&self.stale, self.revalidating) {
+                (Some(stale), true) => {
+                    let variant = Arc::new(stale.refreshed(
+                        &parts.headers,
+                        timing,
+                        settings.status_header.as_ref(),
+                    ));
+                    store::put_variant(&*self.shared.store, key.clone(), variant.clone());
+                    Outcome::Refreshed(variant)
+                }
+                _ => Outcome::Pass,
+            };
+        }
+        let cap = settings.max_body_size;
+        if self.head
+            || size_hint.lower() > cap as u64
+            || content_length(&parts.headers).is_some_and(|l| l > cap)
+        {
+            return Outcome::Pass;
+        }
+        let fresh = Freshness::of(parts.status, &parts.headers, timing);
+        let req = StoreRequest::new(&self.req_headers, self.req_cc, settings.store_set_cookie);
+        if policy::storable(
+            &req,
+            parts.status,
+            &parts.headers,
+            &fresh.cc,
+            fresh.fresh_for(),
+        )
+        .is_err()
+        {
+            return Outcome::Pass;
+        }
+        let Vary::Names(names) = policy::vary(&parts.headers) else {
+            return Outcome::Pass;
+        };
+        let tag_header = settings.tag_header.as_ref();
+        let mut variant = Variant::new(
+            parts.status,
+            policy::headers_to_store(&parts.headers, tag_header),
+            fresh,
+            settings.status_header.as_ref(),
+        );
+        variant.vary = names
+            .into_iter()
+            .map(|name| {
+                let value = policy::selecting_value(&self.req_headers, &name);
+                (name, value)
+            })
+            .collect();
+        if let Some(tag_header) = tag_header {
+            variant.tags = tags(&parts.headers, tag_header);
+        }
+        Outcome::Store(Inserter {
+            shared: self.shared.clone(),
+            key: key.clone(),
+            variant: Box::new(variant),
+        })
+    }
+
+    /// Turns the upstream response into the client's.
+    fn respond<B>(self, res: Response<B>) -> Response<CacheBody<B>>
+    where
+        B: Body<Data = Bytes>,
+    {
+        let (mut parts, body) = res.into_parts();
+        if parts.status.is_server_error() {
+            if let Some(stale) = self.stale_for_error(Some(parts.status)) {
+                return stale;
+            }
+        }
+        if let Some(invalidate) = &self.invalidate {
+            if parts.status.is_success() || parts.status.is_redirection() {
+                invalidate.run(&self.shared, &parts.headers);
+            }
+        }
+        let mut status = Status {
+            fwd: Some(self.fwd),
+            fwd_status: Some(parts.status),
+            collapsed: is_collapsed(&parts),
+            ..Status::default()
+        };
+        let body = match self.classify(&parts, &body.size_hint()) {
+            Outcome::Refreshed(variant) => {
+                status.stored = true;
+                let now = Instant::now();
+                return serve(
+                    &self.shared,
+                    &variant,
+                    now,
+                    self.head,
+                    &self.req_headers,
+                    status,
+                );
+            }
+            Outcome::Store(inserter) => {
+                status.stored = true;
+                // hyper never polls a body that has ended before its first
+                // frame (204, empty 200): store it now.
+                if body.is_end_stream() {
+                    Sink::complete(inserter, Collected::default());
+                    Tee::passthrough(body)
+                } else {
+                    Tee::new(body, self.shared.settings.max_body_size, inserter)
+                }
+            }
+            Outcome::Pass => Tee::passthrough(body),
+        };
+        // Both are addressed to this cache.
+        parts.headers.remove(policy::SURROGATE_CONTROL);
+        if let Some(tag_header) = &self.shared.settings.tag_header {
+            parts.headers.remove(tag_header);
+        }
+        status.apply(&self.shared, &mut parts.headers);
+        Response::from_parts(parts, CacheBody::upstream(body))
+    }
+
+    /// The stale response, when `stale-if-error` lets it answer for an
+    /// upstream error (`None`) or a 5xx.
+    fn stale_for_error<B>(&self, upstream: Option<StatusCode>) -> Option<Response<CacheBody<B>>> {
+        let stale = self.stale.as_ref()?;
+        let now = Instant::now();
+        let settings = &self.shared.settings;
+        if !policy::stale_if_error(
+            &stale.cc,
+            &self.req_cc,
+            stale.staleness(now),
+            settings.max_stale_if_error,
+        ) {
+            return None;
+        }
+        let status = Status {
+            hit: true,
+            fwd_status: upstream,
+            detail: Some("stale-if-error"),
+            ..Status::default()
+        };
+        Some(serve(
+            &self.shared,
+            stale,
+            now,
+            self.head,
+            &self.req_headers,
+            status,
+        ))
+    }
+
+    /// Runs a stale-while-revalidate refresh to its end in the background.
+    pub(crate) async fn refresh<F, B, E>(self, future: F)
+    where
+        F: Future<Output = Result<Response<B>, E>>,
+        B: Body<Data = Bytes>,
+    {
+        // Lets a later request try again if this refresh stores nothing.
+        struct Done(Option<Arc<Variant>>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                if let Some(v) = &self.0 {
+                    v.refreshing.store(false, Ordering::Release);
+                }
+            }
+        }
+        let _done = Done(self.stale.clone());
+        let Ok(res) = future.await else { return };
+        let (parts, body) = res.into_parts();
+        if let Outcome::Store(inserter) = self.classify(&parts, &body.size_hint()) {
+            let cap = self.shared.settings.max_body_size;
+            if let Capped::Complete(collected) = collect_capped(body, cap).await {
+                Sink::complete(inserter, collected);
+            }
+        }
+    }
+}
+
+/// Hook for RFC 9211 `collapsed`: whether this response was shared with
+/// other waiting requests by the coalescing layer beneath the cache.
+/// Wired to `tower_perf::coalesce::Collapsed` at merge; until then, never.
+fn is_collapsed(_parts: &Parts) -> bool {
+    false
+}
+
+fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn tags(headers: &HeaderMap, name: &http::HeaderName) -> Box<[Bytes]> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| {
+            v.as_bytes()
+                .split(|b| b.is_ascii_whitespace() || *b == b',')
+        })
+        .filter(|t| !t.is_empty())
+        .map(Bytes::copy_from_slice)
+        .collect()
+}
+
+/// Invalidation after an unsafe request (RFC 9111 §4.4): the target URI,
+/// and `Location` / `Content-Location` when they name the same origin.
+pub(crate) struct Invalidate {
+    /// The request's own key (a custom key function's, if any).
+    target: Key,
+    /// The key of the bare target URI.
+    target_uri: Key,
+    scheme: String,
+    authority: String,
+    path: String,
+    options: crate::key::KeyOptions,
+}
+
+impl Invalidate {
+    pub(crate) fn new<B>(settings: &Settings, req: &Request<B>) -> Option<Self> {
+        let head = RequestHead::from_request(req);
+        let target = settings.key_options.key(&head, None)?;
+        let authority = match req.uri().authority() {
+            Some(a) => a.as_str().to_owned(),
+            None => req
+                .headers()
+                .get(http::header::HOST)?
+                .to_str()
+                .ok()?
+                .to_owned(),
+        };
+        Some(Self {
+            target,
+            target_uri: settings.key_options.target_key(req.uri(), req.headers()),
+            scheme: req.uri().scheme_str().unwrap_or("http").to_owned(),
+            authority,
+            path: req.uri().path().to_owned(),
+            options: settings.key_options.clone(),
+        })
+    }
+
+    fn run(&self, shared: &Shared, headers: &HeaderMap) {
+        shared.store.remove(&self.target);
+        self.remove_uri(shared, &self.target_uri);
+        for name in [LOCATION, CONTENT_LOCATION] {
+            if let Some(uri) = headers
+                .get(name)
+                .and_then(|v| self.resolve(v.to_str().ok()?))
+            {
+                self.remove_uri(shared, &self.options.target_key(&uri, &HeaderMap::new()));
+            }
+        }
+    }
+
+    /// Removes the entries of a URI: with key headers configured, one per
+    /// combination of their values (`uri\nname:value...`).
+    fn remove_uri(&self, shared: &Shared, key: &Key) {
+        shared.store.remove(key);
+        if !self.options.headers().is_empty() {
+            let mut prefix = key.as_bytes().to_vec();
+            prefix.push(b'\n');
+            shared
+                .store
+                .remove_if(Box::new(move |key, _| key.starts_with(&prefix)));
+        }
+    }
+
+    /// `reference` as an absolute URI, when it is on the request's origin.
+    fn resolve(&self, reference: &str) -> Option<Uri> {
+        let absolute = if reference.contains("://") {
+            let uri: Uri = reference.parse().ok()?;
+            let same = uri.scheme_str()?.eq_ignore_ascii_case(&self.scheme)
+                && uri
+                    .authority()?
+                    .as_str()
+                    .eq_ignore_ascii_case(&self.authority);
+            return same.then_some(uri);
+        } else if reference.starts_with("//") {
+            return None;
+        } else if reference.starts_with('/') {
+            format!("{}://{}{}", self.scheme, self.authority, reference)
+        } else {
+            let dir = &self.path[..self.path.rfind('/').map_or(0, |i| i + 1)];
+            let dir = if dir.is_empty() { "/" } else { dir };
+            format!("{}://{}{}{}", self.scheme, self.authority, dir, reference)
+        };
+        absolute.parse().ok()
+    }
+}
+
+impl fmt::Debug for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Forward")
+            .field("fwd", &self.fwd)
+            .field("key", &self.key)
+            .finish()
+    }
+}

@@ -1,0 +1,280 @@
+use std::{fmt, sync::Arc, time::Duration};
+
+use http::{HeaderName, HeaderValue};
+use tower_layer::Layer;
+
+use super::{
+    service::CacheService,
+    store::{MokaStore, Store},
+};
+use crate::key::{Key, KeyOptions};
+
+/// Default bound on the bytes held by the cache: 64 MiB.
+const DEFAULT_MAX_CAPACITY: u64 = 64 * 1024 * 1024;
+/// Default bound on one stored body: 1 MiB.
+const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
+/// Default bound on `stale-while-revalidate` and `stale-if-error`: a day.
+const DEFAULT_MAX_STALE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The layer's settings, shared by every service it makes.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) max_body_size: usize,
+    pub(crate) default_ttl: Option<Duration>,
+    pub(crate) key_options: KeyOptions,
+    pub(crate) store_set_cookie: bool,
+    pub(crate) status_header: Option<HeaderName>,
+    pub(crate) status_name: Box<str>,
+    pub(crate) tag_header: Option<HeaderName>,
+    pub(crate) max_stale_while_revalidate: Duration,
+    pub(crate) max_stale_if_error: Duration,
+}
+
+/// Settings and store, created once per layer and shared through an `Arc`.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
+    pub(crate) store: Arc<dyn Store>,
+    max_capacity: u64,
+}
+
+/// A [`Layer`] that adds an RFC 9111 shared response cache.
+///
+/// See the [module docs](crate::cache) for what is stored and served.
+#[derive(Clone)]
+pub struct CacheLayer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("max_capacity", &self.shared.max_capacity)
+            .field("settings", &self.shared.settings)
+            .finish()
+    }
+}
+
+impl Default for CacheLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CacheLayer {
+    /// A cache of 64 MiB, storing bodies up to 1 MiB, keyed by scheme,
+    /// authority, path and query, with no default TTL.
+    pub fn new() -> Self {
+        let settings = Settings {
+            max_body_size: DEFAULT_MAX_BODY_SIZE,
+            default_ttl: None,
+            key_options: KeyOptions::new(),
+            store_set_cookie: false,
+            status_header: Some(HeaderName::from_static("cache-status")),
+            status_name: "tower-perf".into(),
+            tag_header: Some(HeaderName::from_static("surrogate-key")),
+            max_stale_while_revalidate: DEFAULT_MAX_STALE,
+            max_stale_if_error: DEFAULT_MAX_STALE,
+        };
+        Self {
+            shared: Arc::new(Shared {
+                settings,
+                store: Arc::new(MokaStore::new(DEFAULT_MAX_CAPACITY)),
+                max_capacity: DEFAULT_MAX_CAPACITY,
+            }),
+        }
+    }
+
+    fn with(self, f: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = self.shared.settings.clone();
+        f(&mut settings);
+        Self {
+            shared: Arc::new(Shared {
+                settings,
+                store: self.shared.store.clone(),
+                max_capacity: self.shared.max_capacity,
+            }),
+        }
+    }
+
+    /// Bounds the bytes held (bodies, headers and bookkeeping; default 64 MiB).
+    ///
+    /// This starts a new, empty store: take [`handle`](Self::handle) after it.
+    pub fn max_capacity(self, bytes: u64) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                settings: self.shared.settings.clone(),
+                store: Arc::new(MokaStore::new(bytes)),
+                max_capacity: bytes,
+            }),
+        }
+    }
+
+    /// The largest body stored (default 1 MiB). Larger responses stream
+    /// through untouched; a `Content-Length` over it skips collection at once.
+    pub fn max_body_size(self, bytes: usize) -> Self {
+        self.with(|s| s.max_body_size = bytes)
+    }
+
+    /// Freshness for storable responses that carry none (no `max-age`,
+    /// `s-maxage` or `Expires`), instead of the `Last-Modified` heuristic.
+    /// Off by default: only the origin says how long a response is fresh.
+    pub fn default_ttl(self, ttl: Duration) -> Self {
+        self.with(|s| s.default_ttl = Some(ttl))
+    }
+
+    /// How requests become keys (query normalisation, key headers, a custom
+    /// key function). The method is never part of the key: HEAD is answered
+    /// from GET's entry.
+    pub fn key_options(self, options: KeyOptions) -> Self {
+        self.with(|s| s.key_options = options)
+    }
+
+    /// Stores responses that carry `Set-Cookie` (with the header) when
+    /// `true`. Off by default: one user's cookie must not reach another.
+    pub fn store_set_cookie(self, store: bool) -> Self {
+        self.with(|s| s.store_set_cookie = store)
+    }
+
+    /// The cache's name in the `Cache-Status` header (default `tower-perf`).
+    ///
+    /// # Panics
+    ///
+    /// When `name` is not a valid header value.
+    pub fn cache_status_name(self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        assert!(
+            HeaderValue::from_str(&name).is_ok(),
+            "cache name must be a valid header value"
+        );
+        self.with(|s| s.status_name = name.into())
+    }
+
+    /// The RFC 9211 status header's name (default `cache-status`), or
+    /// `None` to send none.
+    pub fn cache_status_header(self, name: Option<HeaderName>) -> Self {
+        self.with(|s| s.status_header = name)
+    }
+
+    /// The response header that tags entries for [`CacheHandle::purge_tag`]
+    /// (default `surrogate-key`; tags separated by spaces or commas). It is
+    /// removed before the response leaves. `None` turns tagging off.
+    pub fn tag_header(self, name: Option<HeaderName>) -> Self {
+        self.with(|s| s.tag_header = name)
+    }
+
+    /// Caps the `stale-while-revalidate` window honoured (default a day).
+    pub fn max_stale_while_revalidate(self, limit: Duration) -> Self {
+        self.with(|s| s.max_stale_while_revalidate = limit)
+    }
+
+    /// Caps the `stale-if-error` window honoured (default a day).
+    pub fn max_stale_if_error(self, limit: Duration) -> Self {
+        self.with(|s| s.max_stale_if_error = limit)
+    }
+
+    /// A handle on this layer's store, to purge and inspect it.
+    pub fn handle(&self) -> CacheHandle {
+        CacheHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService::from_shared(inner, self.shared.clone())
+    }
+}
+
+/// Purges and inspects a cache's store; cheap to clone.
+///
+/// Purges take effect at once: later requests never see a purged entry.
+#[derive(Clone)]
+pub struct CacheHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for CacheHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheHandle")
+            .field("store", &self.shared.store)
+            .finish()
+    }
+}
+
+impl CacheHandle {
+    /// Removes the entry (every variant) of `key`, e.g. `http://example.com/a?b=1`
+    /// with the default key options.
+    pub fn purge_key(&self, key: impl Into<Key>) {
+        self.shared.store.remove(&key.into());
+    }
+
+    /// Removes every entry whose path starts with `prefix` (e.g. `/users/`),
+    /// whatever its scheme and authority.
+    pub fn purge_path_prefix(&self, prefix: impl Into<String>) {
+        let prefix = prefix.into();
+        self.shared.store.remove_if(Box::new(move |key, _| {
+            path_of(key.as_bytes()).starts_with(prefix.as_bytes())
+        }));
+    }
+
+    /// Removes every entry whose key starts with `prefix`
+    /// (e.g. `https://example.com/users/`).
+    pub fn purge_prefix(&self, prefix: impl Into<Key>) {
+        let prefix = prefix.into();
+        self.shared
+            .store
+            .remove_if(Box::new(move |key, _| key.starts_with(prefix.as_bytes())));
+    }
+
+    /// Removes every entry tagged `tag` by the tag header.
+    pub fn purge_tag(&self, tag: impl Into<String>) {
+        let tag = tag.into();
+        self.shared.store.remove_if(Box::new(move |_, entry| {
+            entry
+                .iter()
+                .any(|v| v.tags.iter().any(|t| t.as_ref() == tag.as_bytes()))
+        }));
+    }
+
+    /// Removes everything.
+    pub fn purge_all(&self) {
+        self.shared.store.clear();
+    }
+
+    /// The bytes held now (runs pending evictions first).
+    pub fn weighted_size(&self) -> u64 {
+        self.shared.store.weighted_size()
+    }
+
+    /// The number of keys held now (runs pending evictions first).
+    pub fn entry_count(&self) -> u64 {
+        self.shared.store.entry_count()
+    }
+}
+
+/// The path (and query) of a default key `scheme://authority/path?query`.
+fn path_of(key: &[u8]) -> &[u8] {
+    let rest = key
+        .windows(3)
+        .position(|w| w == b"://")
+        .map_or(key, |i| &key[i + 3..]);
+    rest.iter()
+        .position(|&b| b == b'/')
+        .map_or(&[], |i| &rest[i..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_of;
+
+    #[test]
+    fn path_of_keys() {
+        assert_eq!(path_of(b"http://a.com/x/y?z"), b"/x/y?z");
+        assert_eq!(path_of(b"https://a.com"), b"");
+        assert_eq!(path_of(b"/x"), b"/x");
+    }
+}

@@ -1,0 +1,133 @@
+//! An RFC 9111 shared response cache, in process and bounded in bytes.
+//!
+//! [`CacheLayer`] answers repeated requests from memory, the way a reverse
+//! proxy cache (Varnish, nginx, a CDN) would, but inside your service: GET
+//! responses that HTTP lets a shared cache store are kept in a
+//! [moka](https://docs.rs/moka) cache weighed in bytes, and served as `Bytes`
+//! clones until they go stale. HEAD is answered from the stored GET.
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use tower_perf::cache::CacheLayer;
+//!
+//! let cache = CacheLayer::new().max_capacity(256 * 1024 * 1024);
+//! let purge = cache.handle();
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { ([("cache-control", "max-age=60")], "hello") }))
+//!     .layer(cache);
+//! # let _ = (app, purge);
+//! ```
+//!
+//! # What is stored
+//!
+//! What RFC 9111 §3 lets a *shared* cache store, and nothing else:
+//!
+//! - GET responses with a final status the cache understands (not 206, not 304);
+//! - without `no-store` (unless `must-understand`) and without `private`;
+//! - to requests without `Authorization`, unless the response says `public`,
+//!   `s-maxage` or `must-revalidate`; to requests without `no-store`;
+//! - without `Set-Cookie` (see [`CacheLayer::store_set_cookie`]);
+//! - not `Vary: *`;
+//! - not `must-understand` with a status code RFC 9110 does not define;
+//! - with some freshness, a validator to revalidate with, or a stale-* window.
+//!   Freshness is `Surrogate-Control: max-age` (addressed to reverse-proxy
+//!   caches; removed before the response leaves), else `s-maxage`, else
+//!   `max-age`, else `Expires` − `Date`; without those, and
+//!   only for heuristically cacheable statuses (200, 203, 204, 300, 301, 308,
+//!   404, 405, 410, 414, 501) or `public`, the [`default_ttl`] if the
+//!   operator set one, else 10% of the time since `Last-Modified` (at most a
+//!   day, RFC 9111 §4.2.2).
+//!
+//! Bodies are copied into the cache *while* they stream to the client, up to
+//! [`max_body_size`]. A larger body (or a `Content-Length` over it) is never
+//! buffered: it streams on, and the entry is dropped. Server-sent events and
+//! other endless bodies pass through unbroken. Hop-by-hop headers, those
+//! named by `Connection`, `Surrogate-Control` and the tag header are not
+//! stored.
+//!
+//! Invalid freshness information counts as stale (RFC 9111 §4.2.1): an
+//! invalid `max-age` or `s-maxage`, an `Expires` that is not a date, an `Age`
+//! that is not one non-negative integer on one line. The first occurrence of
+//! a repeated directive wins.
+//!
+//! # What is served
+//!
+//! Every response passing through carries an RFC 9211 `Cache-Status`, e.g.
+//! `tower-perf; hit; ttl=42` or `tower-perf; fwd=uri-miss; fwd-status=200; stored`
+//! (`fwd` is one of `uri-miss`, `vary-miss`, `stale`, `request`, `bypass`,
+//! `method`). Every response from the cache carries `Age`.
+//!
+//! - A fresh entry whose `Vary` selecting headers match is served (values
+//!   compared after combining lines and trimming list members; `Accept-Encoding`,
+//!   `Accept-Language` and `Accept-Charset` case-insensitively); a
+//!   request's `If-None-Match` (weak comparison) or `If-Modified-Since` is
+//!   answered with 304 from it.
+//! - A stale entry is revalidated upstream with its `ETag` / `Last-Modified`;
+//!   a 304 refreshes the stored headers (RFC 9111 §4.3.4; fields describing
+//!   the stored body, such as `ETag` and `Content-Encoding`, are kept) and the
+//!   stored body is served.
+//! - `stale-while-revalidate` (RFC 5861) serves the stale entry at once and
+//!   sends the request upstream once, in the background, to refresh it.
+//!   `stale-if-error` serves it when the origin fails or answers 5xx. Both
+//!   are bounded by [`max_stale_while_revalidate`] / [`max_stale_if_error`].
+//!   `no-cache`, `must-revalidate`, `proxy-revalidate` and `s-maxage` forbid
+//!   serving stale.
+//! - Request `Cache-Control` is honoured (§5.2.1): `no-cache` and
+//!   `max-age=0` revalidate; `max-age`, `min-fresh` and `max-stale` bound
+//!   the age accepted; `no-store` stores nothing; `only-if-cached` gets 504
+//!   when nothing usable is stored.
+//! - An unsafe method (POST, PUT, DELETE, PATCH, unknown ones) goes upstream
+//!   and, on a 2xx or 3xx, removes the stored entry of its URI and of a
+//!   same-origin `Location` / `Content-Location` (§4.4).
+//!
+//! # Keys and purging
+//!
+//! Entries are keyed by [`KeyOptions`](crate::key::KeyOptions): scheme,
+//! authority, path and query by default (see [`CacheLayer::key_options`] for
+//! query normalisation and custom keys). [`CacheLayer::handle`] gives a
+//! cloneable [`CacheHandle`] that purges by key, by path prefix, by tag (the
+//! `Surrogate-Key` response header by default, removed before the response
+//! leaves) or everything:
+//!
+//! ```
+//! use tower_perf::cache::CacheLayer;
+//!
+//! let layer = CacheLayer::new();
+//! let handle = layer.handle();
+//! handle.purge_key("http://example.com/users/1");
+//! handle.purge_path_prefix("/users/");
+//! handle.purge_tag("user-1");
+//! handle.purge_all();
+//! assert_eq!(handle.entry_count(), 0);
+//! ```
+//!
+//! # How it differs
+//!
+//! Concurrent misses for one key are not collapsed here: put the coalescing
+//! layer beneath the cache for that (`latency -> limit -> cache -> coalesce`);
+//! a response it shared between waiters is marked `collapsed` in
+//! `Cache-Status`. Range requests are not answered from the cache (206
+//! responses are not stored).
+//! Unlike a user-agent cache, this is a *shared* cache: `private` responses
+//! and, by default, responses that set cookies are never stored. A hit or a
+//! stale answer is a response, never an error, so the layer drops into
+//! `axum::Router::layer` as is.
+//!
+//! [`default_ttl`]: CacheLayer::default_ttl
+//! [`max_body_size`]: CacheLayer::max_body_size
+//! [`max_stale_while_revalidate`]: CacheLayer::max_stale_while_revalidate
+//! [`max_stale_if_error`]: CacheLayer::max_stale_if_error
+
+mod body;
+mod future;
+mod layer;
+mod policy;
+mod service;
+mod store;
+
+pub use self::{
+    body::CacheBody,
+    future::ResponseFuture,
+    layer::{CacheHandle, CacheLayer},
+    service::CacheService,
+};
