@@ -22,7 +22,6 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -36,7 +35,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tokio::{net::TcpListener, sync::Semaphore};
-use tower_perf::{coalesce::CoalesceLayer, limit::AdaptiveLimitLayer, stack::PerfStack};
+use tower_perf::{limit::AdaptiveLimitLayer, stack::PerfStack};
 
 type Labels = BTreeMap<String, String>;
 
@@ -222,7 +221,10 @@ async fn request(client: &HttpClient, method: &str, uri: String) -> (StatusCode,
 #[cfg(feature = "axum")]
 mod axum_stack {
     use super::*;
+    use std::net::SocketAddr;
+
     use axum::{extract::Path, routing::get, Router};
+    use tower_perf::coalesce::CoalesceLayer;
 
     /// `/hot` is cacheable and instant; `/slow/{id}` and `/report` wait for
     /// the backend's gate, and `/report` is cacheable.
@@ -510,6 +512,8 @@ mod hyper_stack {
         );
         let ok = http_labels("GET", "/greeting/{name}", "200");
         assert_eq!(metrics.durations(&ok), 2);
+        assert_eq!(metrics.all_durations(), 2);
+        assert_eq!(metrics.active(), 0.0);
     }
 }
 
