@@ -28,10 +28,10 @@
 //! - **The cache above the limiter**: a hit is served even while the limiter
 //!   is saturated. Hits never take a permit; they cost the backend nothing.
 //! - **Coalescing above the limiter**: a burst of identical misses takes one
-//!   permit, not one per request. With the limiter outside coalescing,
-//!   followers waiting for their leader held permits, and a loopback run of
-//!   the full stack shed about 50 000 hot-key requests that coalescing would
-//!   have answered from one backend call.
+//!   permit (its leader's), not one per request. With the limiter outside
+//!   coalescing, followers held permits while they waited for their leader,
+//!   and the full stack shed about 50 000 hot-key requests per loopback run
+//!   of the benchmark.
 //! - **The limiter innermost** measures only real backend work, which is what
 //!   its round-trip samples should see: hits and followers would make the
 //!   backend look faster than it is.
