@@ -408,6 +408,57 @@ mod axum_stack {
         assert_eq!(status, 200);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_write_passes_every_layer_and_the_next_read_sees_it() {
+        use std::sync::Mutex;
+
+        use axum::http::HeaderMap;
+
+        let recorder = DebuggingRecorder::new();
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        let mut metrics = Metrics::new(&recorder);
+        let stack = PerfStack::new();
+        let limit = stack.limit_handle();
+        let doc = Arc::new(Mutex::new(String::from("v1")));
+        let (read, write) = (doc.clone(), doc.clone());
+        let app = Router::new().route(
+            "/doc",
+            get(move || async move {
+                let text = read.lock().unwrap().clone();
+                ([("cache-control", "max-age=60")], text)
+            })
+            .put(move |headers: HeaderMap| async move {
+                *write.lock().unwrap() = headers["x-text"].to_str().unwrap().to_owned();
+                StatusCode::NO_CONTENT
+            }),
+        );
+        let addr = serve(app.layer(stack)).await;
+        let client = http_client();
+        let uri = format!("http://{addr}/doc");
+
+        assert_eq!(request(&client, "GET", uri.clone()).await.2, "v1");
+        let (_, cache, body) = request(&client, "GET", uri.clone()).await;
+        assert!(cache.contains("hit") && body == "v1", "{cache}");
+
+        let put = Request::put(&uri)
+            .header("x-text", "v2")
+            .body(Empty::new())
+            .unwrap();
+        let res = client.request(put).await.unwrap();
+        assert_eq!(res.status(), 204);
+        let cache = res.headers()["cache-status"].to_str().unwrap();
+        assert!(cache.contains("fwd=method"), "{cache}");
+
+        let (_, cache, body) = request(&client, "GET", uri).await;
+        assert_eq!(body, "v2", "the write removed the stored read");
+        assert!(cache.contains("uri-miss"), "{cache}");
+        // Backend work took permits: the first read, the write, the re-read.
+        assert_eq!(limit.counters().admitted, 3);
+        assert_eq!(metrics.coalesce("bypass"), 1, "the write is not coalesced");
+        assert_eq!(metrics.durations(&http_labels("PUT", "/doc", "204")), 1);
+        assert_eq!(metrics.durations(&http_labels("GET", "/doc", "200")), 3);
+    }
+
     /// The coalescing layer marks follower responses `Collapsed`, and the
     /// cache and coalesce docs say the cache reports it in `Cache-Status`;
     /// the cache does not read the marker yet (`is_collapsed` in
