@@ -27,6 +27,8 @@
 //!   `grpc-status` 14), and backend calls.
 //! - **The cache above the limiter**: a hit is served even while the limiter
 //!   is saturated. Hits never take a permit; they cost the backend nothing.
+//!   When a stale entry's refresh is shed, an entry allowed
+//!   `stale-if-error` answers instead of the limiter's 503.
 //! - **Coalescing above the limiter**: a burst of identical misses takes one
 //!   permit (its leader's), not one per request. With the limiter outside
 //!   coalescing, followers held permits while they waited for their leader,

@@ -226,10 +226,12 @@ mod axum_stack {
     use axum::{extract::Path, routing::get, Router};
     use tower_perf::coalesce::CoalesceLayer;
 
-    /// `/hot` is cacheable and instant; `/slow/{id}` and `/report` wait for
-    /// the backend's gate, and `/report` is cacheable.
+    /// `/hot` is cacheable and instant, `/feed` too but fresh for a second
+    /// only (then usable stale on errors); `/slow/{id}` and `/report` wait
+    /// for the backend's gate, and `/report` is cacheable.
     fn app(backend: &Backend, stack: PerfStack) -> Router {
         let hot = backend.clone();
+        let feed = backend.clone();
         let slow = backend.clone();
         let report = backend.clone();
         Router::new()
@@ -238,6 +240,14 @@ mod axum_stack {
                 get(move || {
                     hot.calls.fetch_add(1, Ordering::SeqCst);
                     async { ([("cache-control", "max-age=60")], "hot") }
+                }),
+            )
+            .route(
+                "/feed",
+                get(move || {
+                    let n = feed.calls.fetch_add(1, Ordering::SeqCst);
+                    let cc = [("cache-control", "max-age=1, stale-if-error=60")];
+                    async move { (cc, format!("feed {n}")) }
                 }),
             )
             .route(
@@ -406,6 +416,35 @@ mod axum_stack {
         // Once the permit is back, the same URLs are served.
         let (status, _, _) = request(&client, "GET", format!("http://{addr}/slow/1")).await;
         assert_eq!(status, 200);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_if_error_entry_answers_instead_of_the_limiters_503() {
+        let stack = PerfStack::new().limit(fixed_limit(1));
+        let limit = stack.limit_handle();
+        let backend = Backend::default();
+        let addr = serve(app(&backend, stack)).await;
+        let client = http_client();
+        let feed = format!("http://{addr}/feed");
+
+        assert_eq!(request(&client, "GET", feed.clone()).await.2, "feed 0");
+        tokio::time::advance(Duration::from_secs(2)).await; // now stale
+        let held = {
+            let client = client.clone();
+            tokio::spawn(
+                async move { request(&client, "GET", format!("http://{addr}/slow/0")).await },
+            )
+        };
+        until("the permit is taken", || limit.in_flight() == 1).await;
+        let (status, _, body) = request(&client, "GET", feed.clone()).await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"feed 0"[..]));
+        assert_eq!(limit.counters().rejected, 1, "the refresh was shed");
+
+        backend.open();
+        assert_eq!(held.await.unwrap().0, 200);
+        // With a permit free, the stale entry is refreshed (call 1 was
+        // `/slow/0`; the shed refresh never reached the handler).
+        assert_eq!(request(&client, "GET", feed).await.2, "feed 2");
     }
 
     #[tokio::test(start_paused = true)]
