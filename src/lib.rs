@@ -6,6 +6,7 @@
 //! | request coalescing | [`coalesce`] | one upstream call per in-flight key |
 //! | adaptive concurrency limit | [`limit`] | finds the backend's capacity, sheds the rest at once |
 //! | latency histograms | [`latency`] | per-route P50/P95/P99 through the `metrics` facade |
+//! | all four, in order | [`stack`] | `PerfStack`: the recommended order in one layer |
 //!
 //! Every layer keeps the inner service's error type (a cache hit or an
 //! overload rejection is a response, not an error), so each drops into
@@ -13,10 +14,12 @@
 //!
 //! # Recommended order
 //!
-//! Outermost first: `latency -> limit -> cache -> coalesce -> handler`.
-//! Latency sees every outcome, shed requests included; the limiter protects
-//! what the cache cannot answer; coalescing collapses the misses that reach
-//! the backend.
+//! Outermost first: `latency -> cache -> coalesce -> limit -> handler`, in
+//! one line with [`stack::PerfStack`]. Latency sees every outcome, shed
+//! requests included; cache hits are served without a limiter permit;
+//! a burst of identical misses is collapsed before it takes one; the limiter
+//! measures only the work that reaches the backend. The [`stack`] module
+//! says why in full.
 //!
 //! # Feature flags
 //!
@@ -52,3 +55,19 @@ pub(crate) mod reject;
 #[cfg(any(feature = "latency", feature = "limit"))]
 #[allow(dead_code)] // each layer uses part of it; a single-layer build leaves the rest unused
 pub(crate) mod route;
+#[cfg(all(
+    feature = "cache",
+    feature = "coalesce",
+    feature = "limit",
+    feature = "latency"
+))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(all(
+        feature = "cache",
+        feature = "coalesce",
+        feature = "limit",
+        feature = "latency"
+    )))
+)]
+pub mod stack;
