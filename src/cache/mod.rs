@@ -104,7 +104,7 @@
 //! # How it differs
 //!
 //! Concurrent misses for one key are not collapsed here: put the coalescing
-//! layer beneath the cache for that (`latency -> limit -> cache -> coalesce`);
+//! layer beneath the cache for that (`latency -> cache -> coalesce -> limit`);
 //! a response it shared between waiters is marked `collapsed` in
 //! `Cache-Status`. Range requests are not answered from the cache (206
 //! responses are not stored).

@@ -105,13 +105,13 @@
 //!
 //! # Where it goes
 //!
-//! Under the cache, around the handler: `latency -> limit -> cache ->
-//! coalesce -> handler`, the crate's recommended order. The cache answers
-//! hits; coalescing collapses the misses, so a spike on a cold key reaches
-//! the handler once. With the limiter moved inside instead
-//! (`cache -> coalesce -> limit -> handler`), a collapsed burst counts once
-//! against the limit rather than once per waiting request, and the limiter
-//! measures only backend work: prefer it when bursts on hot keys are common.
+//! Under the cache, over the limiter: `latency -> cache -> coalesce -> limit
+//! -> handler`, the crate's recommended order (`tower_perf::stack::PerfStack`).
+//! The cache answers hits; coalescing collapses the misses, so a spike on a
+//! cold key reaches the handler once, and takes one limiter permit rather
+//! than one per waiting request (with the limiter outside, waiting followers
+//! held permits and the loopback benchmark's full stack shed most of a hot
+//! key's burst).
 //!
 //! # Metrics
 //!

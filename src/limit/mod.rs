@@ -136,9 +136,11 @@
 //!
 //! # Where it goes
 //!
-//! Outermost first: `latency -> limit -> cache -> coalesce -> handler`. The
-//! latency layer sees shed requests; the limiter protects what the cache
-//! cannot answer.
+//! Innermost, around the handler: `latency -> cache -> coalesce -> limit ->
+//! handler` (outermost first; `tower_perf::stack::PerfStack` applies it). The
+//! latency layer still sees shed requests; cache hits never wait for or take
+//! a permit; a burst of identical misses takes one permit, not one per
+//! waiting request; and the limiter's RTT samples measure backend work only.
 
 mod algorithm;
 mod body;
