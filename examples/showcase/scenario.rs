@@ -15,6 +15,7 @@ use tower_perf::{
     coalesce::CoalesceLayer,
     latency::{LatencyLayer, LatencySummary},
     limit::{AdaptiveLimitLayer, LimitHandle},
+    stack::PerfStack,
 };
 
 use crate::{stats::fmt_duration, workload::Route};
@@ -134,24 +135,18 @@ pub(crate) fn build(scenario: Scenario, app: Router) -> Built {
                 .notes(move || limit_notes(&handle))
         }
         Scenario::FullStack => {
-            let latency = latency_layer();
-            let summary = latency.summary_handle();
-            let cache = CacheLayer::new();
-            let cache_handle = cache.handle();
-            let limit = AdaptiveLimitLayer::new();
-            let limit_handle = limit.handle();
-            let live = limit_handle.clone();
-            let router = app
-                .layer(limit) // innermost: protects the database from what reaches it
-                .layer(CoalesceLayer::new()) // a burst of identical misses takes one permit
-                .layer(cache) // hits never wait for, or take, a permit
-                .layer(latency); // outermost: sees every outcome, shed requests included
-            Built::new(router)
+            // latency -> cache -> coalesce -> limit, outermost first.
+            let stack = PerfStack::new().latency(latency_layer());
+            let summary = stack.latency_summary();
+            let cache = stack.cache_handle();
+            let limit = stack.limit_handle();
+            let live = limit.clone();
+            Built::new(app.layer(stack))
                 .live(move || limit_live(&live))
                 .notes(move || {
                     [
-                        cache_notes(&cache_handle),
-                        limit_notes(&limit_handle),
+                        cache_notes(&cache),
+                        limit_notes(&limit),
                         route_notes(summary.as_ref()),
                     ]
                     .join("\n")
