@@ -46,6 +46,13 @@ wait_port() {
     return 1
 }
 
+for port in "$ORIGIN_PORT" "$PROXY_PORT"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "127.0.0.1:$port is already in use (another run?): set ORIGIN_PORT / PROXY_PORT to free ports" >&2
+        exit 1
+    fi
+done
+
 (cd "$SUITE" && npm_config_protocol=http npm_config_port="$ORIGIN_PORT" \
     npm_config_pidfile="$PWD/../../server.pid" exec node server/server.mjs) >"$WORK/origin.log" 2>&1 &
 pids+=($!)
@@ -53,6 +60,13 @@ pids+=($!)
 pids+=($!)
 wait_port "$ORIGIN_PORT"
 wait_port "$PROXY_PORT"
+for pid in "${pids[@]}"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+        echo "the origin or the proxy exited at start:" >&2
+        cat "$WORK/origin.log" "$WORK/proxy.log" >&2
+        exit 1
+    fi
+done
 
 echo "running the suite against the proxy on 127.0.0.1:$PROXY_PORT"
 (cd "$SUITE" && npm_config_base="http://127.0.0.1:$PROXY_PORT" npm_config_id="" npm_package_config_id="" \
