@@ -119,11 +119,19 @@
 //! [`max_stale_if_error`]: CacheLayer::max_stale_if_error
 
 mod body;
+#[cfg(feature = "redis")]
+mod codec;
 mod future;
 mod layer;
 mod policy;
+#[cfg(feature = "redis")]
+mod redis;
 mod service;
 mod store;
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::RedisTier;
 
 pub use self::{
     body::CacheBody,
