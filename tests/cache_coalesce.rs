@@ -90,6 +90,9 @@ async fn concurrent_misses_make_one_fetch_and_are_marked_collapsed() {
         .get(format!("http://{addr}/hot").parse().unwrap())
         .await
         .unwrap();
-    assert!(res.headers()["cache-status"].to_str().unwrap().contains("hit"));
+    assert!(res.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .contains("hit"));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }

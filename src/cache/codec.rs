@@ -66,7 +66,9 @@ pub(crate) fn encode_entry(variants: &[Arc<Variant>], now: Instant, wall: System
             .checked_sub(now.saturating_duration_since(v.response_time))
             .unwrap_or(wall);
         buf.put_u16(v.status.as_u16());
-        buf.put_u64(millis(stored_at.duration_since(UNIX_EPOCH).unwrap_or_default()));
+        buf.put_u64(millis(
+            stored_at.duration_since(UNIX_EPOCH).unwrap_or_default(),
+        ));
         buf.put_u64(millis(v.initial_age));
         buf.put_u64(millis(v.lifetime));
         put_cc(&mut buf, &v.cc);
@@ -316,8 +318,8 @@ impl Reader {
         let mut headers = HeaderMap::with_capacity(usize::from(n));
         for _ in 0..n {
             let name = self.name()?;
-            let value = HeaderValue::from_maybe_shared(self.bytes32()?)
-                .map_err(|_| Invalid::Corrupt)?;
+            let value =
+                HeaderValue::from_maybe_shared(self.bytes32()?).map_err(|_| Invalid::Corrupt)?;
             headers.append(name, value);
         }
         Ok(headers)
@@ -336,8 +338,7 @@ impl Reader {
                 *value = Some(self.u64()?);
             }
         }
-        let [surrogate_max_age, max_age, s_maxage, stale_while_revalidate, stale_if_error] =
-            values;
+        let [surrogate_max_age, max_age, s_maxage, stale_while_revalidate, stale_if_error] = values;
         Ok(ResponseCc {
             surrogate_max_age,
             surrogate_no_store: on(0),
@@ -363,7 +364,10 @@ mod tests {
 
     fn variant() -> Arc<Variant> {
         let mut headers = HeaderMap::new();
-        headers.insert("cache-control", HeaderValue::from_static("max-age=60, stale-if-error=30"));
+        headers.insert(
+            "cache-control",
+            HeaderValue::from_static("max-age=60, stale-if-error=30"),
+        );
         headers.insert("etag", HeaderValue::from_static("\"v1\""));
         headers.append("x-multi", HeaderValue::from_static("a"));
         headers.append("x-multi", HeaderValue::from_static("b"));
@@ -378,7 +382,10 @@ mod tests {
                 trailers: Some(trailers),
             },
             vary: vec![
-                (HeaderName::from_static("accept-language"), Some(Bytes::from_static(b"fr"))),
+                (
+                    HeaderName::from_static("accept-language"),
+                    Some(Bytes::from_static(b"fr")),
+                ),
                 (HeaderName::from_static("x-absent"), None),
             ]
             .into(),
@@ -409,7 +416,10 @@ mod tests {
         assert_eq!(d.lifetime, v.lifetime);
         // Stored-at is kept in whole milliseconds, rounded down: older, never younger.
         let age = d.age(later);
-        assert!(age >= Duration::from_secs(15) && age < Duration::from_millis(15_001), "{age:?}");
+        assert!(
+            age >= Duration::from_secs(15) && age < Duration::from_millis(15_001),
+            "{age:?}"
+        );
         assert_eq!(format!("{:?}", d.cc), format!("{:?}", v.cc));
     }
 
@@ -424,13 +434,19 @@ mod tests {
             b[3] = 0;
             b
         };
-        assert_eq!(decode_entry(old.into(), now, wall).unwrap_err(), Invalid::Version);
+        assert_eq!(
+            decode_entry(old.into(), now, wall).unwrap_err(),
+            Invalid::Version
+        );
         for cut in 0..bytes.len() {
             let short = Bytes::copy_from_slice(&bytes[..cut]);
             assert!(decode_entry(short, now, wall).is_err(), "cut at {cut}");
         }
         bytes.push(0);
-        assert_eq!(decode_entry(bytes.into(), now, wall).unwrap_err(), Invalid::Corrupt);
+        assert_eq!(
+            decode_entry(bytes.into(), now, wall).unwrap_err(),
+            Invalid::Corrupt
+        );
     }
 
     #[test]

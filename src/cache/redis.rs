@@ -348,7 +348,12 @@ impl Inner {
                 return pipe;
             }
             let bytes = codec::encode_entry(&keep, now, SystemTime::now());
-            pipe.cmd("SET").arg(&name).arg(bytes).arg("PX").arg(ttl_ms).ignore();
+            pipe.cmd("SET")
+                .arg(&name)
+                .arg(bytes)
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore();
             let max_ttl = u64::try_from(self.tier.max_ttl.as_millis()).unwrap_or(u64::MAX);
             let mut tags: Vec<&Bytes> = keep.iter().flat_map(|v| v.tags.iter()).collect();
             tags.sort();
@@ -437,8 +442,9 @@ impl Inner {
                     .arg(1000);
                 pipe
             };
-            let Some(((next, names),)) =
-                self.call::<((u64, Vec<Vec<u8>>),)>(conn, scan, errors).await
+            let Some(((next, names),)) = self
+                .call::<((u64, Vec<Vec<u8>>),)>(conn, scan, errors)
+                .await
             else {
                 return;
             };
@@ -500,7 +506,11 @@ fn expiry(v: &Variant, now: Instant) -> Duration {
 }
 
 /// Sends writes and purges to Redis in the order they were made.
-async fn write(inner: Weak<Inner>, mut conn: ConnectionManager, mut ops: mpsc::UnboundedReceiver<Op>) {
+async fn write(
+    inner: Weak<Inner>,
+    mut conn: ConnectionManager,
+    mut ops: mpsc::UnboundedReceiver<Op>,
+) {
     while let Some(op) = ops.recv().await {
         let Some(inner) = inner.upgrade() else { return };
         let Some(Some(started)) = inner.started.get() else {
@@ -534,10 +544,16 @@ async fn write(inner: Weak<Inner>, mut conn: ConnectionManager, mut ops: mpsc::U
 /// Listens for other instances' purges and applies them in process. After
 /// the subscription was lost, purges may have been missed: the in-process
 /// tier is cleared when it is back.
-async fn subscribe(inner: Weak<Inner>, subscribed: watch::Sender<bool>, mut stop: oneshot::Receiver<()>) {
+async fn subscribe(
+    inner: Weak<Inner>,
+    subscribed: watch::Sender<bool>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let mut lost = false;
     loop {
-        let Some(strong) = inner.upgrade() else { return };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
         let (tier, channel) = (strong.tier.clone(), strong.channel());
         let connect = async {
             let mut pubsub = strong.tier.client.get_async_pubsub().await?;
@@ -596,7 +612,9 @@ impl Store for RedisStore {
     fn insert(&self, key: Key, entry: Entry) {
         self.0.l1.insert(key.clone(), entry.clone());
         let inner = &self.0;
-        let Some(started) = inner.started() else { return };
+        let Some(started) = inner.started() else {
+            return;
+        };
         if inner.queued.fetch_add(1, Ordering::AcqRel) >= inner.tier.max_queued {
             inner.queued.fetch_sub(1, Ordering::AcqRel);
             started.metrics.put_errors.increment(1);
@@ -611,7 +629,9 @@ impl Store for RedisStore {
         let inner = &self.0;
         inner.generation.fetch_add(1, Ordering::AcqRel);
         inner.l1.purge(purge.clone());
-        let Some(started) = inner.started() else { return };
+        let Some(started) = inner.started() else {
+            return;
+        };
         inner.purging.fetch_add(1, Ordering::AcqRel);
         if started.ops.send(Op::Purge(purge)).is_err() {
             inner.purging.fetch_sub(1, Ordering::AcqRel);
@@ -643,7 +663,9 @@ impl Store for RedisStore {
     fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let inner = self.0.clone();
         Box::pin(async move {
-            let Some(started) = inner.started() else { return };
+            let Some(started) = inner.started() else {
+                return;
+            };
             let mut subscribed = started.subscribed.clone();
             let wait = inner.tier.timeout.max(Duration::from_secs(1));
             let _ = timeout(wait, subscribed.wait_for(|&s| s)).await;

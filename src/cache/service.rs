@@ -189,7 +189,6 @@ impl<S> CacheService<S> {
         ResponseFuture::upstream(self.inner.call(req), forward)
     }
 
-
     /// Serves stale now and refreshes once in the background
     /// (stale-while-revalidate): the ready inner service takes the request.
     fn refresh<ReqBody, ResBody>(
