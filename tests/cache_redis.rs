@@ -10,6 +10,7 @@
 
 use std::{
     collections::BTreeMap,
+    io::Write,
     net::SocketAddr,
     process::{Child, Command, Stdio},
     sync::{
@@ -42,8 +43,11 @@ fn redis_url(test: &str) -> Option<String> {
     match std::env::var(URL_VAR) {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            println!("SKIPPED {test}: {URL_VAR} is unset (scripts/test.sh starts a private redis-server and sets it)");
-            eprintln!("SKIPPED {test}: {URL_VAR} is unset");
+            // Straight to stderr: the test harness would capture `eprintln!`.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: {URL_VAR} is unset (scripts/test.sh starts a private redis-server and sets it)"
+            );
             None
         }
     }
