@@ -426,7 +426,7 @@ mod tests {
     #[test]
     fn other_versions_and_damage_are_errors() {
         let v = variant();
-        let mut bytes = encode_entry(&[v.clone()], v.response_time, SystemTime::now());
+        let mut bytes = encode_entry(std::slice::from_ref(&v), v.response_time, SystemTime::now());
         let now = Instant::now();
         let wall = SystemTime::now();
         let old = {
@@ -474,7 +474,7 @@ mod tests {
         #[test]
         fn damaged_entries_never_panic(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
             let v = variant();
-            let mut bytes = encode_entry(&[v.clone()], v.response_time, SystemTime::now());
+            let mut bytes = encode_entry(std::slice::from_ref(&v), v.response_time, SystemTime::now());
             for (at, byte) in flips {
                 let at = at % bytes.len();
                 bytes[at] ^= byte | 1;
