@@ -160,7 +160,7 @@
 //!   circuit is open).
 //!
 //! The client is the [`redis`](https://docs.rs/redis) crate with its Tokio
-//! [`ConnectionManager`](redis::aio::ConnectionManager): the most used Rust
+//! [`ConnectionManager`](::redis::aio::ConnectionManager): the most used Rust
 //! Redis client, maintained by the Redis organisation, whose multiplexed,
 //! self-reconnecting connection suits a cache that must never wait on a
 //! dead server, with pub/sub on the same crate; `fred` is as capable but a
