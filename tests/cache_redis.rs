@@ -82,7 +82,7 @@ fn counter(name: &str) -> u64 {
     totals.get(name).copied().unwrap_or(0)
 }
 
-/// The origin: `max-age=60`, tags from `?tag=`, an `Age` from `?age=`, a
+/// The origin: `max-age=60` (or `?cc=`), tags from `?tag=`, an `Age` from `?age=`, a
 /// body of `?size=` bytes; counts its calls.
 #[derive(Clone, Default)]
 struct Origin(Arc<AtomicUsize>);
@@ -105,7 +105,8 @@ impl Origin {
                         .map(str::to_owned)
                 };
                 let mut headers = HeaderMap::new();
-                headers.insert("cache-control", "max-age=60".parse().unwrap());
+                let cc = param("cc").unwrap_or_else(|| "max-age=60".into());
+                headers.insert("cache-control", cc.parse().unwrap());
                 if let Some(tag) = param("tag") {
                     headers.insert("surrogate-key", tag.parse().unwrap());
                 }
@@ -361,6 +362,28 @@ async fn corrupt_and_old_version_entries_are_misses() {
         .unwrap();
     assert_eq!(&stored[..4], b"tpc\x01", "versioned binary entry");
 
+    // Expiry: remaining freshness, plus the stale window unless forbidden.
+    for (query, ttl) in [
+        ("cc=max-age=60&age=20", 40),
+        ("cc=max-age=60,stale-while-revalidate=30", 90),
+        (
+            "cc=max-age=60,stale-if-error=100,stale-while-revalidate=5",
+            160,
+        ),
+        ("cc=max-age=60,must-revalidate,stale-if-error=100", 60),
+    ] {
+        a.get(&format!("/ttl?{query}")).await;
+        a.cache.flush().await;
+        let name = format!("{}e:http://example.com/ttl?{query}", prefix("corrupt"));
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&name)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let ttl = ttl * 1000;
+        assert!(pttl > ttl - 2000 && pttl <= ttl, "{query}: PTTL {pttl}");
+    }
+
     let mut older = stored.clone();
     older[3] = 0;
     let mut cut = stored.clone();
@@ -392,15 +415,19 @@ async fn corrupt_and_old_version_entries_are_misses() {
 struct OwnServer {
     child: Child,
     url: String,
+    port: u16,
 }
 
 impl OwnServer {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+    /// On `port`, or a free one.
+    fn start(port: Option<u16>) -> Self {
+        let port = port.unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        });
         let binary =
             std::env::var("TOWER_PERF_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let child = Command::new(binary)
@@ -412,6 +439,7 @@ impl OwnServer {
         let server = Self {
             child,
             url: format!("redis://127.0.0.1:{port}/"),
+            port,
         };
         for _ in 0..500 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -439,7 +467,7 @@ async fn redis_killed_mid_test_leaves_upstream_and_l1_serving() {
     if redis_url("redis_killed_mid_test_leaves_upstream_and_l1_serving").is_none() {
         return;
     }
-    let mut server = OwnServer::start();
+    let mut server = OwnServer::start(None);
     let origin = Origin::default();
     let url = server.url.clone();
     let outage = || {
@@ -479,4 +507,49 @@ async fn redis_killed_mid_test_leaves_upstream_and_l1_serving() {
     // Purges still work in process.
     a.cache.purge_key("http://example.com/kept");
     assert!(!a.get("/kept").await.hit());
+}
+
+#[tokio::test]
+async fn after_an_outage_the_circuit_closes_and_l1_is_cleared() {
+    if redis_url("after_an_outage_the_circuit_closes_and_l1_is_cleared").is_none() {
+        return;
+    }
+    let mut server = OwnServer::start(None);
+    let port = server.port;
+    let origin = Origin::default();
+    let url = server.url.clone();
+    let tier = || {
+        RedisTier::open(url.as_str())
+            .unwrap()
+            .prefix(prefix("recover"))
+            .timeout(Duration::from_millis(100))
+            .circuit(2, Duration::from_millis(300))
+    };
+    let a = Instance::start(&origin, tier()).await;
+    let b = Instance::start(&origin, tier()).await;
+    a.get("/before").await;
+    assert!(a.get("/before").await.hit());
+
+    server.kill();
+    for i in 0..5 {
+        assert_eq!(b.get(&format!("/down/{i}")).await.status, StatusCode::OK);
+    }
+    // Back, empty (purges made meanwhile could not be heard): A drops what
+    // it held once its subscription is back.
+    let _server = OwnServer::start(Some(port));
+    until_entries(&a, 0).await;
+    // The circuit lets a call through again after its open period.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut shared = false;
+    for i in 0..50 {
+        let path = format!("/after/{i}");
+        a.get(&path).await;
+        a.cache.flush().await;
+        if b.get(&path).await.hit() {
+            shared = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(shared, "entries are shared again");
 }

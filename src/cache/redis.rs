@@ -749,6 +749,43 @@ mod tests {
         assert!(circuit.allow(&tier) && circuit.allow(&tier), "closed again");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn expiry_is_remaining_freshness_plus_the_stale_window() {
+        let expiry_of = |cc: &str, age: u64| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("cache-control", cc.parse().unwrap());
+            let cc = super::super::policy::ResponseCc::parse(&headers);
+            let v = Variant {
+                status: http::StatusCode::OK,
+                headers,
+                body: Default::default(),
+                vary: Box::default(),
+                lifetime: Duration::from_secs(cc.max_age.unwrap_or(0)),
+                cc,
+                initial_age: Duration::from_secs(age),
+                response_time: Instant::now(),
+                tags: Box::default(),
+                refreshing: Default::default(),
+            };
+            expiry(&v, Instant::now()).as_secs()
+        };
+        assert_eq!(expiry_of("max-age=60", 10), 50);
+        assert_eq!(expiry_of("max-age=60", 100), 0);
+        assert_eq!(expiry_of("max-age=60, stale-while-revalidate=30", 10), 80);
+        assert_eq!(
+            expiry_of(
+                "max-age=60, stale-if-error=90, stale-while-revalidate=30",
+                70
+            ),
+            90
+        );
+        assert_eq!(
+            expiry_of("max-age=60, must-revalidate, stale-if-error=90", 10),
+            50
+        );
+        assert_eq!(expiry_of("max-age=60, no-cache, stale-if-error=90", 0), 60);
+    }
+
     #[test]
     fn glob_metacharacters_are_escaped() {
         assert_eq!(glob_escape(&[b"a*b", b"[?]\\"]), b"a\\*b\\[\\?\\]\\\\");
