@@ -160,15 +160,17 @@
 //!   circuit is open).
 //!
 //! The client is the [`redis`](https://docs.rs/redis) crate with its Tokio
-//! [`ConnectionManager`](::redis::aio::ConnectionManager): the most used Rust
-//! Redis client, maintained by the Redis organisation, whose multiplexed,
-//! self-reconnecting connection suits a cache that must never wait on a
-//! dead server, with pub/sub on the same crate; `fred` is as capable but a
-//! larger dependency for the few commands used here (`GET`, `SET PX`,
-//! `DEL`, `SADD`, `SMEMBERS`, `SCAN`, `PUBLISH`, `SUBSCRIBE`). Answering
+//! [`ConnectionManager`](::redis::aio::ConnectionManager), rather than
+//! `fred`: it is the most used Rust Redis client, maintained under the Redis
+//! organisation; its multiplexed, self-reconnecting connection is what a
+//! cache that must never wait on a dead server needs, its pub/sub carries
+//! the purges, and the few commands used here (`GET`, `SET PX`, `DEL`,
+//! `SADD`, `SMEMBERS`, `SCAN`, `PUBLISH`, `SUBSCRIBE`) need nothing more
+//! (it builds with `default-features = false`). It needs Rust 1.88. Answering
 //! from Redis after a miss needs the inner service later, so the cache's
-//! service requires the inner service to be `Clone` (as axum, tonic and
-//! hyper services are). Connections are made on first use, inside the
+//! service requires the inner service to be `Clone + Send + 'static` and the
+//! request body `Send + 'static` (as axum, tonic and hyper's are), with or
+//! without the feature. Connections are made on first use, inside the
 //! Tokio runtime.
 //!
 //! # How it differs

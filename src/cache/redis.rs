@@ -90,7 +90,11 @@ impl RedisTier {
 
     /// The prefix of every Redis key and of the invalidation channel
     /// (`{prefix}purge`). Caches that share a prefix share entries and
-    /// purges; give each application its own.
+    /// purges; give each application its own. [`CacheHandle::purge_all`]
+    /// deletes every key under the prefix: an empty prefix means the whole
+    /// database.
+    ///
+    /// [`CacheHandle::purge_all`]: super::CacheHandle::purge_all
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
