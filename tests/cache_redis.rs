@@ -553,3 +553,72 @@ async fn after_an_outage_the_circuit_closes_and_l1_is_cleared() {
     }
     assert!(shared, "entries are shared again");
 }
+
+/// An inner service that panics when called without being polled ready,
+/// as a clone made in `call` would be.
+#[derive(Default)]
+struct Probe {
+    ready: bool,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Clone for Probe {
+    fn clone(&self) -> Self {
+        Self {
+            ready: false,
+            calls: self.calls.clone(),
+        }
+    }
+}
+
+impl tower::Service<http::Request<String>> for Probe {
+    type Response = http::Response<Full<Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.ready = true;
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<String>) -> Self::Future {
+        assert!(std::mem::take(&mut self.ready), "called without poll_ready");
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let res = http::Response::builder()
+            .header("cache-control", "max-age=60")
+            .body(Full::new(Bytes::from_static(b"probe")))
+            .unwrap();
+        std::future::ready(Ok(res))
+    }
+}
+
+#[tokio::test]
+async fn a_miss_in_process_calls_the_service_that_was_polled_ready() {
+    use tower::{Layer, Service, ServiceExt};
+    let Some(url) = redis_url("a_miss_in_process_calls_the_service_that_was_polled_ready") else {
+        return;
+    };
+    let layer = CacheLayer::new().redis(tier(&url, "probe"));
+    let probe = Probe::default();
+    let calls = probe.calls.clone();
+    let mut svc = layer.layer(probe);
+    let get = |path: &str| {
+        http::Request::get(format!("http://example.com{path}"))
+            .body(String::new())
+            .unwrap()
+    };
+    for path in ["/a", "/b", "/a"] {
+        let res = svc.ready().await.unwrap().call(get(path)).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "probe");
+    }
+    // Two misses went through Redis to the probe; the third was a hit.
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // Clones, each polled ready before its call, as axum does per request.
+    let mut clone = svc.clone();
+    let res = clone.ready().await.unwrap().call(get("/c")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
