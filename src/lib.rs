@@ -30,6 +30,7 @@
 //! | `limit` | yes | the adaptive concurrency limit |
 //! | `latency` | yes | latency histograms |
 //! | `axum` | no | route labels from axum's `MatchedPath` |
+//! | `redis` | no | a shared second cache tier on Redis ([`cache::RedisTier`]) |
 //! | `full` | no | all of the above |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

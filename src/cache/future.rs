@@ -21,7 +21,7 @@ use super::{
     layer::{Settings, Shared},
     policy::{self, RequestCc, StoreRequest, Vary},
     service::{serve, Fwd, Status},
-    store::{self, Freshness, Timing, Variant},
+    store::{self, Entry, Fetch, Freshness, Timing, Variant},
 };
 use crate::{
     body::{collect_capped, Capped, Sink, Tee},
@@ -41,14 +41,29 @@ pin_project! {
     enum State<F, B> {
         Ready { response: Option<Response<CacheBody<B>>> },
         Upstream { #[pin] future: F, forward: Option<Box<Forward>> },
+        Fetching { fetch: Fetch, then: Option<Then<F, B>> },
     }
 }
+
+/// What a request does once the second tier answered: serve the entry it
+/// found or go upstream (the ready inner service is inside).
+pub(crate) type Then<F, B> =
+    Box<dyn FnOnce(Option<Entry>) -> ResponseFuture<F, B> + Send + 'static>;
 
 impl<F, B> ResponseFuture<F, B> {
     pub(crate) fn ready(response: Response<CacheBody<B>>) -> Self {
         Self {
             state: State::Ready {
                 response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn fetching(fetch: Fetch, then: Then<F, B>) -> Self {
+        Self {
+            state: State::Fetching {
+                fetch,
+                then: Some(then),
             },
         }
     }
@@ -68,6 +83,7 @@ impl<F, B> fmt::Debug for ResponseFuture<F, B> {
         let state = match &self.state {
             State::Ready { .. } => "Ready",
             State::Upstream { .. } => "Upstream",
+            State::Fetching { .. } => "Fetching",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -82,7 +98,12 @@ where
 {
     type Output = Result<Response<CacheBody<B>>, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let StateProj::Fetching { fetch, then } = self.as_mut().project().state.project() {
+            let entry = ready!(fetch.as_mut().poll(cx));
+            let then = then.take().expect("polled after completion");
+            self.set(then(entry));
+        }
         match self.project().state.project() {
             StateProj::Ready { response } => {
                 Poll::Ready(Ok(response.take().expect("polled after completion")))
@@ -95,6 +116,8 @@ where
                     Err(e) => forward.stale_for_error(None).ok_or(e),
                 })
             }
+            // `then` never answers with another fetch.
+            StateProj::Fetching { .. } => unreachable!("a fetch is followed by an answer"),
         }
     }
 }
@@ -434,9 +457,7 @@ impl Invalidate {
         if !self.options.headers().is_empty() {
             let mut prefix = key.as_bytes().to_vec();
             prefix.push(b'\n');
-            shared
-                .store
-                .remove_if(Box::new(move |key, _| key.starts_with(&prefix)));
+            shared.store.purge(store::Purge::Prefix(prefix.into()));
         }
     }
 

@@ -1,11 +1,12 @@
 use std::{fmt, sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use tower_layer::Layer;
 
 use super::{
     service::CacheService,
-    store::{MokaStore, Store},
+    store::{MokaStore, Purge, Store},
 };
 use crate::key::{Key, KeyOptions};
 
@@ -36,6 +37,8 @@ pub(crate) struct Shared {
     pub(crate) settings: Settings,
     pub(crate) store: Arc<dyn Store>,
     max_capacity: u64,
+    #[cfg(feature = "redis")]
+    redis: Option<super::RedisTier>,
 }
 
 /// A [`Layer`] that adds an RFC 9111 shared response cache.
@@ -81,6 +84,8 @@ impl CacheLayer {
                 settings,
                 store: Arc::new(MokaStore::new(DEFAULT_MAX_CAPACITY)),
                 max_capacity: DEFAULT_MAX_CAPACITY,
+                #[cfg(feature = "redis")]
+                redis: None,
             }),
         }
     }
@@ -93,6 +98,8 @@ impl CacheLayer {
                 settings,
                 store: self.shared.store.clone(),
                 max_capacity: self.shared.max_capacity,
+                #[cfg(feature = "redis")]
+                redis: self.shared.redis.clone(),
             }),
         }
     }
@@ -101,13 +108,43 @@ impl CacheLayer {
     ///
     /// This starts a new, empty store: take [`handle`](Self::handle) after it.
     pub fn max_capacity(self, bytes: u64) -> Self {
+        let l1 = MokaStore::new(bytes);
+        #[cfg(feature = "redis")]
+        let store = match &self.shared.redis {
+            Some(tier) => tier.store(l1),
+            None => Arc::new(l1),
+        };
+        #[cfg(not(feature = "redis"))]
+        let store = Arc::new(l1);
         Self {
             shared: Arc::new(Shared {
                 settings: self.shared.settings.clone(),
-                store: Arc::new(MokaStore::new(bytes)),
+                store,
                 max_capacity: bytes,
+                #[cfg(feature = "redis")]
+                redis: self.shared.redis.clone(),
             }),
         }
+    }
+
+    /// Adds a shared second tier on Redis behind the in-process one: see
+    /// [the module docs](crate::cache#shared-tier-on-redis).
+    ///
+    /// This starts a new, empty in-process store: take
+    /// [`handle`](Self::handle) after it.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis(self, tier: super::RedisTier) -> Self {
+        let capacity = self.shared.max_capacity;
+        Self {
+            shared: Arc::new(Shared {
+                settings: self.shared.settings.clone(),
+                store: Arc::new(MokaStore::new(0)),
+                max_capacity: capacity,
+                redis: Some(tier),
+            }),
+        }
+        .max_capacity(capacity)
     }
 
     /// The largest body stored (default 1 MiB). Larger responses stream
@@ -215,66 +252,43 @@ impl CacheHandle {
     /// Removes every entry whose path starts with `prefix` (e.g. `/users/`),
     /// whatever its scheme and authority.
     pub fn purge_path_prefix(&self, prefix: impl Into<String>) {
-        let prefix = prefix.into();
-        self.shared.store.remove_if(Box::new(move |key, _| {
-            path_of(key.as_bytes()).starts_with(prefix.as_bytes())
-        }));
+        let prefix = Bytes::from(prefix.into());
+        self.shared.store.purge(Purge::PathPrefix(prefix));
     }
 
     /// Removes every entry whose key starts with `prefix`
     /// (e.g. `https://example.com/users/`).
     pub fn purge_prefix(&self, prefix: impl Into<Key>) {
-        let prefix = prefix.into();
-        self.shared
-            .store
-            .remove_if(Box::new(move |key, _| key.starts_with(prefix.as_bytes())));
+        let prefix = Bytes::copy_from_slice(prefix.into().as_bytes());
+        self.shared.store.purge(Purge::Prefix(prefix));
     }
 
     /// Removes every entry tagged `tag` by the tag header.
     pub fn purge_tag(&self, tag: impl Into<String>) {
-        let tag = tag.into();
-        self.shared.store.remove_if(Box::new(move |_, entry| {
-            entry
-                .iter()
-                .any(|v| v.tags.iter().any(|t| t.as_ref() == tag.as_bytes()))
-        }));
+        let tag = Bytes::from(tag.into());
+        self.shared.store.purge(Purge::Tag(tag));
     }
 
     /// Removes everything.
     pub fn purge_all(&self) {
-        self.shared.store.clear();
+        self.shared.store.purge(Purge::All);
     }
 
-    /// The bytes held now (runs pending evictions first).
+    /// Waits until the writes and purges queued for the shared tier were
+    /// sent to it (or failed), and its invalidation subscription listens
+    /// (or a second passed). Returns at once without a shared tier. Useful
+    /// before shutting down, and in tests.
+    pub async fn flush(&self) {
+        self.shared.store.flush().await;
+    }
+
+    /// The bytes held in process now (runs pending evictions first).
     pub fn weighted_size(&self) -> u64 {
         self.shared.store.weighted_size()
     }
 
-    /// The number of keys held now (runs pending evictions first).
+    /// The number of keys held in process now (runs pending evictions first).
     pub fn entry_count(&self) -> u64 {
         self.shared.store.entry_count()
-    }
-}
-
-/// The path (and query) of a default key `scheme://authority/path?query`.
-fn path_of(key: &[u8]) -> &[u8] {
-    let rest = key
-        .windows(3)
-        .position(|w| w == b"://")
-        .map_or(key, |i| &key[i + 3..]);
-    rest.iter()
-        .position(|&b| b == b'/')
-        .map_or(&[], |i| &rest[i..])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::path_of;
-
-    #[test]
-    fn path_of_keys() {
-        assert_eq!(path_of(b"http://a.com/x/y?z"), b"/x/y?z");
-        assert_eq!(path_of(b"https://a.com"), b"");
-        assert_eq!(path_of(b"/x"), b"/x");
     }
 }

@@ -101,6 +101,78 @@
 //! assert_eq!(handle.entry_count(), 0);
 //! ```
 //!
+//! # Shared tier on Redis
+//!
+//! With the `redis` feature, [`CacheLayer::redis`] puts a second tier
+//! behind the in-process one, so that a fleet of instances shares its
+//! entries and its purges:
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use tower_perf::cache::{CacheLayer, RedisTier};
+//!
+//! let tier = RedisTier::open("redis://cache.internal:6379/")?
+//!     .prefix("shop:")
+//!     .timeout(Duration::from_millis(20));
+//! let cache = CacheLayer::new().redis(tier);
+//! # let _ = cache;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "redis"))]
+//! # fn main() {}
+//! ```
+//!
+//! - **Reads**: in process first; after a miss there, Redis; then upstream.
+//!   An entry found in Redis is served and kept in process with what is left
+//!   of its freshness (its age went on while it sat in Redis). Only a miss
+//!   in process asks Redis: an entry held in process, fresh or stale, is
+//!   handled as without Redis.
+//! - **Writes**: a stored response goes to both tiers; in Redis it expires
+//!   after its remaining freshness plus the `stale-while-revalidate` /
+//!   `stale-if-error` window it may still be served in (none when
+//!   `no-cache`, `must-revalidate`, `proxy-revalidate` or `s-maxage` forbid
+//!   serving stale), at most [`RedisTier::max_ttl`]. Bodies over
+//!   [`RedisTier::max_body_size`] stay in process. Writes and purges are
+//!   sent in order by one background task, off the request path
+//!   ([`CacheHandle::flush`] waits for them); with `Vary`, the variants this
+//!   instance knows are written together under the key.
+//! - **Purges** (by key, prefix, path prefix, tag, all) and the invalidation
+//!   by unsafe methods remove the entries from Redis (tags are kept in Redis
+//!   sets) and are published on the channel `{prefix}purge`: every instance
+//!   drops them from its own memory. While a purge is on its way to Redis,
+//!   this instance does not read from Redis, so it never serves what it just
+//!   purged. An instance that lost its subscription clears its in-process
+//!   tier when it is back, since it may have missed purges.
+//! - **Entries** are a versioned, compact binary encoding (status, headers,
+//!   body, stored-at time, freshness, cache directives, validators, the
+//!   `Vary` selection and tags), not JSON. Another version or a damaged
+//!   value is a miss, never an error or a panic.
+//! - **Failures never fail a request**: every Redis call has a timeout
+//!   ([`RedisTier::timeout`], 50 ms by default); an error or a timeout is a
+//!   miss (or a dropped write); after repeated failures a circuit stops
+//!   calling Redis for a while ([`RedisTier::circuit`]). A purge made while
+//!   Redis is unreachable reaches this instance only.
+//! - **Metrics** (through the `metrics` facade): counters `cache.l2.hits`,
+//!   `cache.l2.misses`, `cache.l2.errors` (label `op`: `get`, `put`,
+//!   `purge`, `subscribe`) and `cache.l2.skipped` (calls not made while the
+//!   circuit is open).
+//!
+//! The client is the [`redis`](https://docs.rs/redis) crate with its Tokio
+//! [`ConnectionManager`](::redis::aio::ConnectionManager), rather than
+//! `fred`: it is the most used Rust Redis client, maintained under the Redis
+//! organisation; its multiplexed, self-reconnecting connection is what a
+//! cache that must never wait on a dead server needs, its pub/sub carries
+//! the purges, and the few commands used here (`GET`, `SET PX`, `DEL`,
+//! `SADD`, `SMEMBERS`, `SCAN`, `PUBLISH`, `SUBSCRIBE`) need nothing more
+//! (it builds with `default-features = false`). It needs Rust 1.88. Answering
+//! from Redis after a miss needs the inner service later, so the cache's
+//! service requires the inner service to be `Clone + Send + 'static` and the
+//! request body `Send + 'static` (as axum, tonic and hyper's are), with or
+//! without the feature. Connections are made on first use, inside the
+//! Tokio runtime.
+//!
 //! # How it differs
 //!
 //! Concurrent misses for one key are not collapsed here: put the coalescing
@@ -119,11 +191,19 @@
 //! [`max_stale_if_error`]: CacheLayer::max_stale_if_error
 
 mod body;
+#[cfg(feature = "redis")]
+mod codec;
 mod future;
 mod layer;
 mod policy;
+#[cfg(feature = "redis")]
+mod redis;
 mod service;
 mod store;
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::RedisTier;
 
 pub use self::{
     body::CacheBody,

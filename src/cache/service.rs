@@ -21,7 +21,7 @@ use super::{
     future::{Forward, Invalidate, ResponseFuture},
     layer::{CacheLayer, Shared},
     policy::{self, RequestCc, Use},
-    store::Variant,
+    store::{Entry, Variant},
 };
 use crate::{body::BufferedBody, key::RequestHead};
 
@@ -67,7 +67,8 @@ impl<S> CacheService<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CacheService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    ReqBody: Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
@@ -81,7 +82,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let shared = &self.shared;
         let settings = &shared.settings;
         let now = Instant::now();
@@ -100,10 +101,50 @@ where
             let forward = Forward::pass(shared, now, Fwd::Bypass, None);
             return ResponseFuture::upstream(self.inner.call(req), forward);
         };
+        if let Some(entry) = shared.store.get(&key) {
+            return self.answer(req, key, Some(&entry), now);
+        }
+        let Some(fetch) = shared.store.fetch(&key) else {
+            return self.answer(req, key, None, now);
+        };
+        // The second tier answers later: the ready service goes with the
+        // request, a clone stays (it is polled ready before its own call).
+        let clone = self.inner.clone();
+        let mut service = Self {
+            inner: std::mem::replace(&mut self.inner, clone),
+            shared: shared.clone(),
+        };
+        ResponseFuture::fetching(
+            fetch,
+            Box::new(move |entry| service.answer(req, key, entry.as_ref(), Instant::now())),
+        )
+    }
+}
+
+impl<S> CacheService<S> {
+    /// Answers a GET or HEAD from `entry`, the stored variants of `key`,
+    /// or sends it upstream.
+    fn answer<ReqBody, ResBody>(
+        &mut self,
+        mut req: Request<ReqBody>,
+        key: crate::key::Key,
+        entry: Option<&Entry>,
+        now: Instant,
+    ) -> ResponseFuture<S::Future, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Send,
+    {
+        let shared = &self.shared;
+        let settings = &shared.settings;
+        let head = req.method() == Method::HEAD;
         let req_cc = RequestCc::parse(req.headers());
         let mut fwd = Fwd::UriMiss;
         let mut stale = None;
-        if let Some(entry) = shared.store.get(&key) {
+        if let Some(entry) = entry {
             fwd = Fwd::VaryMiss;
             if let Some(variant) = entry.iter().find(|v| v.matches(req.headers())) {
                 let age = variant.age(now);
@@ -147,9 +188,7 @@ where
         };
         ResponseFuture::upstream(self.inner.call(req), forward)
     }
-}
 
-impl<S> CacheService<S> {
     /// Serves stale now and refreshes once in the background
     /// (stale-while-revalidate): the ready inner service takes the request.
     fn refresh<ReqBody, ResBody>(

@@ -1,9 +1,11 @@
 //! What the cache stores and where: a stored response (`Variant`), the
-//! variants of one key (`Entry`), and the store behind a small trait so a
-//! shared second tier can sit next to the in-process moka cache later.
+//! variants of one key (`Entry`), and the store behind a small trait: the
+//! in-process moka cache alone, or with a shared second tier (Redis).
 
 use std::{
     fmt,
+    future::Future,
+    pin::Pin,
     sync::{atomic::AtomicBool, Arc},
     time::{Duration, SystemTime},
 };
@@ -179,24 +181,77 @@ pub(crate) type Entry = Arc<[Arc<Variant>]>;
 
 /// At most this many variants are kept per key (a bound against `Vary` on
 /// a header with unbounded values).
-const MAX_VARIANTS: usize = 16;
+pub(crate) const MAX_VARIANTS: usize = 16;
 
-/// A predicate over stored entries, for purges.
-pub(crate) type Predicate = Box<dyn Fn(&Key, &Entry) -> bool + Send + Sync>;
+/// What a purge removes. Data rather than a closure, so that a shared tier
+/// can apply it to its own entries and send it to other instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Purge {
+    /// The entry of one key.
+    Key(Key),
+    /// Every entry whose key starts with these bytes.
+    Prefix(Bytes),
+    /// Every entry whose path (after `scheme://authority`) starts with these bytes.
+    PathPrefix(Bytes),
+    /// Every entry with a variant tagged so.
+    Tag(Bytes),
+    /// Everything.
+    All,
+}
 
-/// Where entries live. The in-process tier is [`MokaStore`]; a shared tier
-/// (Redis) implements the same operations.
+impl Purge {
+    /// Whether the purge removes the entry of `key`.
+    pub(crate) fn matches(&self, key: &Key, entry: &Entry) -> bool {
+        match self {
+            Self::Key(k) => k == key,
+            Self::Prefix(prefix) => key.starts_with(prefix),
+            Self::PathPrefix(prefix) => path_of(key.as_bytes()).starts_with(prefix),
+            Self::Tag(tag) => entry.iter().any(|v| v.tags.contains(tag)),
+            Self::All => true,
+        }
+    }
+}
+
+/// The path (and query) of a default key `scheme://authority/path?query`.
+pub(crate) fn path_of(key: &[u8]) -> &[u8] {
+    let rest = key
+        .windows(3)
+        .position(|w| w == b"://")
+        .map_or(key, |i| &key[i + 3..]);
+    rest.iter()
+        .position(|&b| b == b'/')
+        .map_or(&[], |i| &rest[i..])
+}
+
+/// A second-tier lookup in flight: the entry found, if any.
+pub(crate) type Fetch = Pin<Box<dyn Future<Output = Option<Entry>> + Send>>;
+
+/// Where entries live: [`MokaStore`] in process, or the Redis store, which
+/// keeps a moka tier in front of Redis. Reads of [`get`](Store::get) stay
+/// in process; [`fetch`](Store::fetch) asks the second tier after a miss.
 pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
     fn get(&self, key: &Key) -> Option<Entry>;
     fn insert(&self, key: Key, entry: Entry);
-    fn remove(&self, key: &Key);
-    /// Removes every entry for which `predicate` holds; later reads never see them.
-    fn remove_if(&self, predicate: Predicate);
-    fn clear(&self);
-    /// Bytes held, after pending evictions ran.
+    /// Removes the entry of `key`; later reads never see it.
+    fn remove(&self, key: &Key) {
+        self.purge(Purge::Key(key.clone()));
+    }
+    /// Removes what `purge` names; later reads never see it.
+    fn purge(&self, purge: Purge);
+    /// Bytes held in process, after pending evictions ran.
     fn weighted_size(&self) -> u64;
-    /// Entries held, after pending evictions ran.
+    /// Entries held in process, after pending evictions ran.
     fn entry_count(&self) -> u64;
+    /// Looks `key` up in the second tier after an in-process miss; `None`
+    /// when there is no second tier to ask (or it is not to be asked now).
+    fn fetch(&self, _key: &Key) -> Option<Fetch> {
+        None
+    }
+    /// Completes once writes and purges queued for the second tier were
+    /// sent (or failed); at once without one.
+    fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async {})
+    }
 }
 
 /// Adds `variant` to the entry of `key`, replacing the variant with the same
@@ -263,15 +318,18 @@ impl Store for MokaStore {
         self.cache.invalidate(key);
     }
 
-    fn remove_if(&self, predicate: Predicate) {
-        // Only fails when closures were not enabled at build time; they are.
-        if self.cache.invalidate_entries_if(predicate).is_err() {
-            self.cache.invalidate_all();
+    fn purge(&self, purge: Purge) {
+        match purge {
+            Purge::Key(key) => self.cache.invalidate(&key),
+            Purge::All => self.cache.invalidate_all(),
+            purge => {
+                let predicate = move |key: &Key, entry: &Entry| purge.matches(key, entry);
+                // Only fails when closures were not enabled at build time; they are.
+                if self.cache.invalidate_entries_if(predicate).is_err() {
+                    self.cache.invalidate_all();
+                }
+            }
         }
-    }
-
-    fn clear(&self) {
-        self.cache.invalidate_all();
     }
 
     fn weighted_size(&self) -> u64 {
@@ -332,6 +390,13 @@ mod tests {
         // A response without Vary answers every request: it replaces all.
         put_variant(&store, key.clone(), variant(None, "plain"));
         assert_eq!(store.get(&key).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn path_of_keys() {
+        assert_eq!(path_of(b"http://a.com/x/y?z"), b"/x/y?z");
+        assert_eq!(path_of(b"https://a.com"), b"");
+        assert_eq!(path_of(b"/x"), b"/x");
     }
 
     #[tokio::test]
