@@ -15,6 +15,7 @@ mod backend;
 mod chart;
 mod cli;
 mod load;
+mod redis_server;
 mod report;
 mod scenario;
 mod stats;
@@ -93,6 +94,14 @@ async fn run(options: Options) -> Result<(), String> {
         .map(|s| s.name().len())
         .max()
         .unwrap_or(0);
+    // A private Redis for the scenarios that share a cache tier; stopped on return.
+    let _redis = if options.scenarios.iter().any(|s| s.needs_redis()) {
+        let server = redis_server::RedisServer::start()?;
+        let _ = scenario::REDIS_URL.set(server.url.clone());
+        Some(server)
+    } else {
+        None
+    };
     let mut rows = Vec::with_capacity(n);
     for (i, &scenario) in options.scenarios.iter().enumerate() {
         let label = format!("[{}/{n}] {:<width$}", i + 1, scenario.name());

@@ -35,6 +35,12 @@ pub(crate) enum Scenario {
     Limit,
     /// All four, in the recommended order.
     FullStack,
+    /// Two instances behind a round-robin balancer, each with its own cache.
+    #[cfg(feature = "redis")]
+    Fleet,
+    /// The same two instances sharing a Redis cache tier.
+    #[cfg(feature = "redis")]
+    FleetRedis,
 }
 
 impl Scenario {
@@ -46,6 +52,10 @@ impl Scenario {
         Scenario::Coalesce,
         Scenario::Limit,
         Scenario::FullStack,
+        #[cfg(feature = "redis")]
+        Scenario::Fleet,
+        #[cfg(feature = "redis")]
+        Scenario::FleetRedis,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -56,6 +66,10 @@ impl Scenario {
             Scenario::Coalesce => "coalesce",
             Scenario::Limit => "limit",
             Scenario::FullStack => "full-stack",
+            #[cfg(feature = "redis")]
+            Scenario::Fleet => "fleet-x2",
+            #[cfg(feature = "redis")]
+            Scenario::FleetRedis => "fleet-x2+redis",
         }
     }
 
@@ -67,13 +81,30 @@ impl Scenario {
             Scenario::Coalesce => "CoalesceLayer: identical in-flight reads share one database call",
             Scenario::Limit => "AdaptiveLimitLayer: admits what the database serves without queueing, sheds the rest with 503",
             Scenario::FullStack => "latency -> cache -> coalesce -> limit, the recommended order",
+            #[cfg(feature = "redis")]
+            Scenario::Fleet => "two instances, requests alternating, each with its own CacheLayer: each warms alone",
+            #[cfg(feature = "redis")]
+            Scenario::FleetRedis => "the same two instances sharing a Redis tier: what one stores, the other serves",
         }
     }
 
     pub(crate) fn from_name(name: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|s| s.name() == name)
     }
+
+    /// Whether the scenario needs the private Redis server.
+    pub(crate) fn needs_redis(self) -> bool {
+        #[cfg(feature = "redis")]
+        if self == Scenario::FleetRedis {
+            return true;
+        }
+        false
+    }
 }
+
+/// The Redis server of the fleet scenario, set once by `main` when a
+/// scenario needs it.
+pub(crate) static REDIS_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Reads something from a layer's handle, called from the load generator's task.
 pub(crate) type Probe = Box<dyn Fn() -> String + Send + Sync>;
@@ -152,6 +183,63 @@ pub(crate) fn build(scenario: Scenario, app: Router) -> Built {
                     .join("\n")
                 })
         }
+        #[cfg(feature = "redis")]
+        Scenario::Fleet => fleet::build(app, None),
+        #[cfg(feature = "redis")]
+        Scenario::FleetRedis => fleet::build(app, REDIS_URL.get().map(String::as_str)),
+    }
+}
+
+#[cfg(feature = "redis")]
+mod fleet {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+
+    use axum::{extract::Request, Router};
+    use tower::{service_fn, ServiceExt};
+    use tower_perf::cache::{CacheLayer, RedisTier};
+
+    use super::Built;
+
+    /// Two copies of the app, each behind its own cache (sharing `redis` when
+    /// given), with requests alternating between them as a balancer would.
+    pub(super) fn build(app: Router, redis: Option<&str>) -> Built {
+        // A fresh prefix per run, so every run starts with an empty Redis.
+        let prefix = format!(
+            "showcase-{}-{:?}:",
+            std::process::id(),
+            std::time::Instant::now()
+        );
+        let layer = || {
+            let cache = CacheLayer::new();
+            match redis.and_then(|url| RedisTier::open(url).ok()) {
+                Some(tier) => cache.redis(tier.prefix(prefix.clone())),
+                None => cache,
+            }
+        };
+        let (a, b) = (layer(), layer());
+        let handles = [a.handle(), b.handle()];
+        let instances = [app.clone().layer(a), app.layer(b)];
+        let next = Arc::new(AtomicUsize::new(0));
+        let balancer = service_fn(move |req: Request| {
+            let i = next.fetch_add(1, Ordering::Relaxed) % 2;
+            instances[i].clone().oneshot(req)
+        });
+        Built::new(Router::new().fallback_service(balancer)).notes(move || {
+            handles
+                .iter()
+                .zip(["A", "B"])
+                .map(|(h, name)| {
+                    format!(
+                        "instance {name}: {} entries in memory at the end",
+                        h.entry_count()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
     }
 }
 
