@@ -12,6 +12,35 @@
 //! overload rejection is a response, not an error), so each drops into
 //! `axum::Router::layer` without `HandleErrorLayer`.
 //!
+//! # Quickstart
+//!
+//! axum: add the stack (or any one layer) with `Router::layer`, after
+//! routing, so the matched route is known.
+//!
+//! ```
+//! # #[cfg(all(feature = "cache", feature = "coalesce", feature = "limit", feature = "latency"))]
+//! # {
+//! use axum::{routing::get, Router};
+//! use tower_perf::stack::PerfStack;
+//!
+//! let stack = PerfStack::new(); // build once: every route shares its state
+//! let purge = stack.cache_handle();
+//! let app: Router = Router::new()
+//!     .route("/products/{id}", get(|| async {
+//!         ([("cache-control", "public, max-age=60")], "a product")
+//!     }))
+//!     .layer(stack);
+//! purge.purge_path_prefix("/products/");
+//! # let _ = app;
+//! # }
+//! ```
+//!
+//! tonic: `Server::builder().layer(PerfStack::new())`: latency labels calls
+//! by method path, the limiter sheds with `grpc-status` 14, and the cache and
+//! coalescer pass gRPC calls (`POST`s) through. Plain hyper 1: wrap the
+//! stacked service in `hyper_util::service::TowerToHyperService`. The
+//! repository's `axum`, `tonic` and `hyper` examples run all three.
+//!
 //! # Recommended order
 //!
 //! Outermost first: `latency -> cache -> coalesce -> limit -> handler`, in
