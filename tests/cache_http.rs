@@ -13,7 +13,7 @@ use std::{
 use axum::{
     body::Body,
     extract::Request,
-    http::{HeaderMap, HeaderValue, Method, StatusCode},
+    http::{HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
     routing::{any, get},
     Router,
@@ -25,6 +25,9 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use tower_perf::{cache::CacheLayer, key::KeyOptions};
+
+mod common;
+use common::Reply;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -54,41 +57,11 @@ impl Server {
             .request(req.body(Full::new(Bytes::new())).unwrap())
             .await
             .unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        Reply::read(res).await
     }
 
     async fn get(&self, path: &str) -> Reply {
         self.send(Method::GET, path, &[]).await
-    }
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn cache_status(&self) -> &str {
-        self.headers
-            .get("cache-status")
-            .map_or("", |v| v.to_str().unwrap())
-    }
-
-    fn hit(&self) -> bool {
-        self.cache_status().contains("; hit")
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
     }
 }
 

@@ -36,6 +36,9 @@ use hyper_util::{
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tower_perf::cache::{CacheHandle, CacheLayer, RedisTier};
 
+mod common;
+use common::Reply;
+
 const URL_VAR: &str = "TOWER_PERF_REDIS_URL";
 
 /// The private server's URL, or `None` (and a note saying the test is skipped).
@@ -163,37 +166,11 @@ impl Instance {
             .await
             .expect("no hang")
             .unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        Reply::read(res).await
     }
 
     async fn get(&self, path_and_query: &str) -> Reply {
         self.send(Method::GET, path_and_query).await
-    }
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn cache_status(&self) -> &str {
-        self.headers
-            .get("cache-status")
-            .map_or("", |v| v.to_str().unwrap())
-    }
-
-    fn hit(&self) -> bool {
-        self.cache_status().contains("; hit")
     }
 }
 

@@ -23,7 +23,7 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, Full};
 use metrics::Unit;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{ServiceBuilder, ServiceExt};
 use tower_perf::latency::{LatencyLayer, Naming};
 
 type Labels = BTreeMap<String, String>;
@@ -514,6 +514,7 @@ mod axum_routes {
     use super::*;
     use axum::{body::Body as AxumBody, routing::get, Router};
     use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+    use tower::Service;
 
     fn app(layer: LatencyLayer) -> Router {
         let api = Router::new().route("/items/{id}", get(|| async { "item" }));
