@@ -2,7 +2,8 @@
 //!
 //! - `hit`: a stored response served by the cache vs the handler itself
 //!   (a static `Bytes` body: the cheapest thing a handler can do), at 1 KiB
-//!   and 100 KiB;
+//!   and 100 KiB, with the cache in `Router::layer` (after routing, like the
+//!   handler) and around the whole `Router` (a hit skips routing);
 //! - `miss`: a distinct URL per request, so every response is teed into the
 //!   cache and stored, vs the bare handler;
 //! - `pass`: an uncacheable (`private`) response through the layer.
@@ -23,8 +24,8 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion};
 use http::Request;
 use http_body_util::BodyExt;
-use tower::ServiceExt;
-use tower_perf::cache::CacheLayer;
+use tower::{Layer, Service, ServiceExt};
+use tower_perf::cache::{CacheLayer, CacheService};
 
 const SIZES: [(&str, usize); 2] = [("1KiB", 1024), ("100KiB", 100 * 1024)];
 
@@ -43,10 +44,23 @@ fn cached(size: usize, cache_control: &'static str) -> Router {
     app(size, cache_control).layer(CacheLayer::new().max_capacity(64 * 1024 * 1024))
 }
 
+/// The cache in front of the whole `Router`: a hit is answered before routing.
+fn cached_outside(size: usize, cache_control: &'static str) -> CacheService<Router> {
+    CacheLayer::new()
+        .max_capacity(64 * 1024 * 1024)
+        .layer(app(size, cache_control))
+}
+
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// One request through `svc`, body read to the end.
-async fn once(svc: &Router, uri: &str) -> usize {
+async fn once<S, B>(svc: &S, uri: &str) -> usize
+where
+    S: Service<Request<Body>, Response = http::Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
     let req = Request::get(uri).body(Body::empty()).unwrap();
     let res = svc.clone().oneshot(req).await.unwrap();
     res.into_body().collect().await.unwrap().to_bytes().len()
@@ -71,7 +85,9 @@ fn benches(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("cache/hit/{label}"));
         let bare = app(size, "max-age=3600");
         let cache = cached(size, "max-age=3600");
+        let outside = cached_outside(size, "max-age=3600");
         rt.block_on(once(&cache, HIT_URI));
+        rt.block_on(once(&outside, HIT_URI));
         group.bench_function(BenchmarkId::from_parameter("bare"), |b| {
             b.to_async(&rt)
                 .iter(|| async { black_box(once(&bare, HIT_URI).await) })
@@ -80,6 +96,13 @@ fn benches(c: &mut Criterion) {
             b.to_async(&rt)
                 .iter(|| async { black_box(once(&cache, HIT_URI).await) })
         });
+        group.bench_function(
+            BenchmarkId::from_parameter("cache-hit-outside-router"),
+            |b| {
+                b.to_async(&rt)
+                    .iter(|| async { black_box(once(&outside, HIT_URI).await) })
+            },
+        );
         group.finish();
     }
 
@@ -135,17 +158,22 @@ fn ratios() {
         for (label, size) in SIZES {
             let bare = app(size, "max-age=3600");
             let cache = cached(size, "max-age=3600");
+            let outside = cached_outside(size, "max-age=3600");
             once(&cache, HIT_URI).await;
+            once(&outside, HIT_URI).await;
             let per_round = if size > 10_000 { 2_000 } else { 20_000 };
-            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let (mut a, mut b, mut o) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..ROUNDS {
                 a.push(round(per_round, || once(&bare, HIT_URI)).await);
                 b.push(round(per_round, || once(&cache, HIT_URI)).await);
+                o.push(round(per_round, || once(&outside, HIT_URI)).await);
             }
-            let (a, b) = (median(a), median(b));
+            let (a, b, o) = (median(a), median(b), median(o));
             println!(
-                "  hit  {label:>6}: bare {a:>8.0} ns  cache-hit {b:>8.0} ns  ratio {:.3}x",
-                a / b
+                "  hit  {label:>6}: bare {a:>8.0} ns  cache-hit {b:>8.0} ns  ratio {:.3}x  \
+                 (around the Router {o:>8.0} ns  ratio {:.3}x)",
+                a / b,
+                a / o
             );
         }
         let bare = app(1024, "max-age=3600");

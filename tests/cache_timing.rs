@@ -139,7 +139,20 @@ async fn age_grows_on_hits_until_stale() {
     let hit = h.get().await;
     assert_eq!(hit.age(), Some(10));
     assert_eq!(hit.cache_status(), "tower-perf; hit; ttl=50");
-    advance(Duration::from_secs(51)).await;
+    // Hits within one second share their header values; the next second
+    // gets its own.
+    let again = h.get().await;
+    assert_eq!(
+        (again.age(), again.cache_status()),
+        (Some(10), "tower-perf; hit; ttl=50")
+    );
+    advance(Duration::from_secs(1)).await;
+    let later = h.get().await;
+    assert_eq!(
+        (later.age(), later.cache_status()),
+        (Some(11), "tower-perf; hit; ttl=49")
+    );
+    advance(Duration::from_secs(50)).await;
     let stale = h.get().await;
     assert_eq!(stale.body, "v2");
     assert_eq!(

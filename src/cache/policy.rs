@@ -587,7 +587,9 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 /// calculation and replaced on every hit.)
 pub(crate) fn headers_to_store(headers: &HeaderMap, extra: Option<&HeaderName>) -> HeaderMap {
     let connection = connection_listed(headers);
-    let mut out = HeaderMap::with_capacity(headers.len());
+    // Room for what storing adds (`Age`, `Cache-Status`, `Content-Length`)
+    // without growing the map.
+    let mut out = HeaderMap::with_capacity(headers.len() + 3);
     for (name, value) in headers {
         if !(hop_by_hop(name, &connection) || name == SURROGATE_CONTROL || Some(name) == extra) {
             out.append(name.clone(), value.clone());

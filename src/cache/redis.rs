@@ -770,6 +770,7 @@ mod tests {
                 response_time: Instant::now(),
                 tags: Box::default(),
                 refreshing: Default::default(),
+                hit_values: Default::default(),
             };
             expiry(&v, Instant::now()).as_secs()
         };

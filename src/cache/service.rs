@@ -19,9 +19,9 @@ use tower_service::Service;
 use super::{
     body::CacheBody,
     future::{Forward, Invalidate, ResponseFuture},
-    layer::{CacheLayer, Shared},
+    layer::{CacheLayer, Settings, Shared},
     policy::{self, RequestCc, Use},
-    store::{Entry, Variant},
+    store::{Entry, HitHeaders, Variant},
 };
 use crate::{body::BufferedBody, key::RequestHead};
 
@@ -280,7 +280,7 @@ impl Fwd {
 }
 
 /// One RFC 9211 `Cache-Status` entry.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Status {
     pub(crate) hit: bool,
     pub(crate) fwd: Option<Fwd>,
@@ -301,6 +301,11 @@ impl Status {
         collapsed: false,
         detail: None,
     };
+
+    /// A hit and nothing else to say but its TTL.
+    fn is_plain_hit(&self) -> bool {
+        Self { ttl: None, ..*self } == Self::HIT
+    }
 
     /// Writes this entry, `name; hit; ttl=5`, to `buf`.
     fn write(&self, name: &str, buf: &mut BytesMut) {
@@ -414,22 +419,34 @@ pub(crate) fn serve<B>(
     }
     let age = age.as_secs().min(policy::DELTA_MAX);
     status.ttl = Some(variant.lifetime.as_secs().min(policy::DELTA_MAX) as i64 - age as i64);
-    // One allocation holds both values.
     let settings = &shared.settings;
-    let mut buf = BytesMut::with_capacity(settings.status_name.len() + 64);
-    put_int(&mut buf, age as i64);
-    let age = buf.split().freeze();
+    let make = || hit_values(settings, age, &status);
+    // A plain hit's values depend on the age alone: hits share them.
+    let (age, status) = if status.is_plain_hit() {
+        variant.hit_values.get(age, make)
+    } else {
+        make()
+    };
     let headers = res.headers_mut();
-    if let Ok(age) = HeaderValue::from_maybe_shared(age) {
+    if let Some(age) = age {
         headers.insert(AGE, age);
     }
-    if let Some(header) = &settings.status_header {
-        status.write(&settings.status_name, &mut buf);
-        if let Ok(value) = HeaderValue::from_maybe_shared(buf.freeze()) {
-            headers.insert(header.clone(), value);
-        }
+    if let (Some(header), Some(status)) = (&settings.status_header, status) {
+        headers.insert(header.clone(), status);
     }
     res
+}
+
+/// The `Age` and `Cache-Status` values of a hit; one allocation holds both.
+fn hit_values(settings: &Settings, age: u64, status: &Status) -> HitHeaders {
+    let mut buf = BytesMut::with_capacity(settings.status_name.len() + 64);
+    put_int(&mut buf, age as i64);
+    let age = HeaderValue::from_maybe_shared(buf.split().freeze()).ok();
+    let status = settings.status_header.as_ref().and_then(|_| {
+        status.write(&settings.status_name, &mut buf);
+        HeaderValue::from_maybe_shared(buf.freeze()).ok()
+    });
+    (age, status)
 }
 
 /// The answer to `only-if-cached` when nothing usable is stored (RFC 9111 §5.2.1.7).

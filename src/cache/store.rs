@@ -6,7 +6,7 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::{atomic::AtomicBool, Arc},
+    sync::{atomic::AtomicBool, Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
@@ -33,6 +33,35 @@ pub(crate) struct Variant {
     pub(crate) tags: Box<[Bytes]>,
     /// Set while one stale-while-revalidate refresh is in flight.
     pub(crate) refreshing: AtomicBool,
+    /// The header values of the last plain hit.
+    pub(crate) hit_values: HitValues,
+}
+
+/// The `Age` and `Cache-Status` values of a plain hit, with the age in
+/// seconds they were made for: every hit within that second shares them
+/// (two reference counts instead of formatting and an allocation).
+#[derive(Debug, Default)]
+pub(crate) struct HitValues(Mutex<Option<(u64, HitHeaders)>>);
+
+/// `Age` and `Cache-Status` (each absent when disabled or unrepresentable).
+pub(crate) type HitHeaders = (Option<HeaderValue>, Option<HeaderValue>);
+
+impl HitValues {
+    /// The values for `age`, made by `make` unless the last hit had the same
+    /// age. Never waits: under contention it makes them anew.
+    pub(crate) fn get(&self, age: u64, make: impl FnOnce() -> HitHeaders) -> HitHeaders {
+        let Ok(mut slot) = self.0.try_lock() else {
+            return make();
+        };
+        match &*slot {
+            Some((made_for, values)) if *made_for == age => values.clone(),
+            _ => {
+                let values = make();
+                *slot = Some((age, values.clone()));
+                values
+            }
+        }
+    }
 }
 
 /// How the freshness of a variant is computed, from the cache's settings.
@@ -116,6 +145,7 @@ impl Variant {
             response_time: fresh.response_time,
             tags: Box::default(),
             refreshing: AtomicBool::new(false),
+            hit_values: HitValues::default(),
         }
     }
 
