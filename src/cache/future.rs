@@ -192,13 +192,13 @@ impl Forward {
             return Outcome::Pass;
         };
         let settings = &self.shared.settings;
-        let timing = Timing::now(self.request_time, settings.default_ttl);
+        let timing = || Timing::now(self.request_time, settings.default_ttl);
         if parts.status == StatusCode::NOT_MODIFIED {
             return match (&self.stale, self.revalidating) {
                 (Some(stale), true) => {
                     let variant = Arc::new(stale.refreshed(
                         &parts.headers,
-                        timing,
+                        timing(),
                         settings.status_header.as_ref(),
                     ));
                     store::put_variant(&*self.shared.store, key.clone(), variant.clone());
@@ -211,10 +211,12 @@ impl Forward {
         if self.head
             || size_hint.lower() > cap as u64
             || content_length(&parts.headers).is_some_and(|l| l > cap)
+            || (settings.default_ttl.is_none()
+                && !policy::has_freshness_information(&parts.headers))
         {
             return Outcome::Pass;
         }
-        let fresh = Freshness::of(parts.status, &parts.headers, timing);
+        let fresh = Freshness::of(parts.status, &parts.headers, timing());
         let req = StoreRequest::new(&self.req_headers, self.req_cc, settings.store_set_cookie);
         if policy::storable(
             &req,
@@ -295,10 +297,18 @@ impl Forward {
             }
             Outcome::Pass => Tee::passthrough(body),
         };
-        // Both are addressed to this cache.
-        parts.headers.remove(policy::SURROGATE_CONTROL);
-        if let Some(tag_header) = &self.shared.settings.tag_header {
-            parts.headers.remove(tag_header);
+        // Both are addressed to this cache. One pass over the names is
+        // cheaper than hashing them for two removals that mostly find nothing.
+        let tag_header = self.shared.settings.tag_header.as_ref();
+        if parts
+            .headers
+            .keys()
+            .any(|name| name == policy::SURROGATE_CONTROL || Some(name) == tag_header)
+        {
+            parts.headers.remove(policy::SURROGATE_CONTROL);
+            if let Some(tag_header) = tag_header {
+                parts.headers.remove(tag_header);
+            }
         }
         status.apply(&self.shared, &mut parts.headers);
         Response::from_parts(parts, CacheBody::upstream(body))

@@ -5,7 +5,7 @@ use http::{HeaderName, HeaderValue};
 use tower_layer::Layer;
 
 use super::{
-    service::CacheService,
+    service::{CacheService, StatusValues},
     store::{MokaStore, Purge, Store},
 };
 use crate::key::{Key, KeyOptions};
@@ -36,6 +36,8 @@ pub(crate) struct Settings {
 pub(crate) struct Shared {
     pub(crate) settings: Settings,
     pub(crate) store: Arc<dyn Store>,
+    /// `Cache-Status` values of forwarded responses, one per `fwd` reason.
+    pub(crate) forwarded: StatusValues,
     max_capacity: u64,
     #[cfg(feature = "redis")]
     redis: Option<super::RedisTier>,
@@ -83,6 +85,7 @@ impl CacheLayer {
             shared: Arc::new(Shared {
                 settings,
                 store: Arc::new(MokaStore::new(DEFAULT_MAX_CAPACITY)),
+                forwarded: StatusValues::default(),
                 max_capacity: DEFAULT_MAX_CAPACITY,
                 #[cfg(feature = "redis")]
                 redis: None,
@@ -97,6 +100,7 @@ impl CacheLayer {
             shared: Arc::new(Shared {
                 settings,
                 store: self.shared.store.clone(),
+                forwarded: StatusValues::default(),
                 max_capacity: self.shared.max_capacity,
                 #[cfg(feature = "redis")]
                 redis: self.shared.redis.clone(),
@@ -120,6 +124,7 @@ impl CacheLayer {
             shared: Arc::new(Shared {
                 settings: self.shared.settings.clone(),
                 store,
+                forwarded: StatusValues::default(),
                 max_capacity: bytes,
                 #[cfg(feature = "redis")]
                 redis: self.shared.redis.clone(),
@@ -140,6 +145,7 @@ impl CacheLayer {
             shared: Arc::new(Shared {
                 settings: self.shared.settings.clone(),
                 store: Arc::new(MokaStore::new(0)),
+                forwarded: StatusValues::default(),
                 max_capacity: capacity,
                 redis: Some(tier),
             }),

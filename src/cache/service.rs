@@ -1,5 +1,5 @@
 use std::{
-    sync::{atomic::Ordering, Arc},
+    sync::{atomic::Ordering, Arc, Mutex},
     task::{Context, Poll},
 };
 
@@ -267,6 +267,8 @@ pub(crate) enum Fwd {
 }
 
 impl Fwd {
+    const COUNT: usize = Self::Method as usize + 1;
+
     fn as_str(self) -> &'static str {
         match self {
             Self::UriMiss => "uri-miss",
@@ -343,14 +345,52 @@ impl Status {
         let Some(header) = &shared.settings.status_header else {
             return;
         };
-        let mut buf = BytesMut::with_capacity(96);
-        for upstream in headers.get_all(header) {
-            buf.extend_from_slice(upstream.as_bytes());
-            buf.extend_from_slice(b", ");
-        }
-        self.write(&shared.settings.status_name, &mut buf);
-        if let Ok(value) = HeaderValue::from_maybe_shared(buf.freeze()) {
+        let value = if headers.contains_key(header) {
+            let mut buf = BytesMut::with_capacity(96);
+            for upstream in headers.get_all(header) {
+                buf.extend_from_slice(upstream.as_bytes());
+                buf.extend_from_slice(b", ");
+            }
+            self.write(&shared.settings.status_name, &mut buf);
+            HeaderValue::from_maybe_shared(buf.freeze()).ok()
+        } else {
+            shared.forwarded.get(self, &shared.settings.status_name)
+        };
+        if let Some(value) = value {
             headers.insert(header.clone(), value);
+        }
+    }
+
+    fn to_value(self, name: &str) -> Option<HeaderValue> {
+        let mut buf = BytesMut::with_capacity(name.len() + 64);
+        self.write(name, &mut buf);
+        HeaderValue::from_maybe_shared(buf.freeze()).ok()
+    }
+}
+
+/// The last `Cache-Status` value made for each `fwd` reason: forwarded
+/// responses mostly repeat one (`fwd=uri-miss; fwd-status=200`), so they
+/// share it instead of formatting and allocating their own.
+#[derive(Debug, Default)]
+pub(crate) struct StatusValues([Mutex<Option<(Status, HeaderValue)>>; Fwd::COUNT]);
+
+impl StatusValues {
+    /// The value of `status` (a forwarded one: `fwd` set, no `ttl`). Never
+    /// waits: under contention it makes the value anew.
+    fn get(&self, status: &Status, name: &str) -> Option<HeaderValue> {
+        let Some(mut slot) = status
+            .fwd
+            .and_then(|fwd| self.0[fwd as usize].try_lock().ok())
+        else {
+            return status.to_value(name);
+        };
+        match &*slot {
+            Some((made_for, value)) if made_for == status => Some(value.clone()),
+            _ => {
+                let value = status.to_value(name)?;
+                *slot = Some((*status, value.clone()));
+                Some(value)
+            }
         }
     }
 }
