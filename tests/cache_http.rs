@@ -1,5 +1,7 @@
 //! The response cache through a real axum server over TCP.
 
+#![cfg(feature = "cache")]
+
 use std::{
     convert::Infallible,
     net::SocketAddr,

@@ -1,6 +1,8 @@
 //! Cache behaviour over time (paused tokio clock) and the service contract
 //! (readiness, inner calls, errors), in process.
 
+#![cfg(feature = "cache")]
+
 use std::{
     convert::Infallible,
     io,

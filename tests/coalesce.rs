@@ -1,5 +1,7 @@
 //! Behaviour of the coalescing layer at the tower level, under paused time.
 
+#![cfg(feature = "coalesce")]
+
 use std::{
     convert::Infallible,
     future::Future,

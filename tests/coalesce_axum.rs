@@ -1,6 +1,8 @@
 //! The coalescing layer in a real axum server, driven over TCP by hyper's
 //! client. No `HandleErrorLayer` anywhere: the layer keeps `Infallible`.
 
+#![cfg(feature = "coalesce")]
+
 use std::{
     convert::Infallible,
     future::Future,

@@ -11,6 +11,8 @@
 //! to see the tables. Timers under the paused clock tick in whole
 //! milliseconds, so every latency here is rounded up to a millisecond.
 
+#![cfg(feature = "limit")]
+
 use std::{
     collections::VecDeque,
     convert::Infallible,

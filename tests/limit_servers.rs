@@ -1,6 +1,8 @@
 //! The limiter in real servers over TCP: an axum router (503 +
 //! `Retry-After`) and a tonic server (`grpc-status: 14`).
 
+#![cfg(feature = "limit")]
+
 use std::{sync::Arc, time::Duration};
 
 use axum::{routing::get, Router};

@@ -1,6 +1,8 @@
 //! The limiter as a tower service: readiness, admission, permits, queue,
 //! partitions, classification, metrics.
 
+#![cfg(feature = "limit")]
+
 use std::{
     convert::Infallible,
     sync::{Arc, Mutex},

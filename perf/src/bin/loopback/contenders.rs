@@ -88,6 +88,13 @@ fn tower_perf() -> Vec<Contender> {
             |r| app(r.layer(CacheLayer::new())),
         ),
         c(
+            "tower-perf cache (around the Router)",
+            &[Hit1k, Hit100k, Trivial],
+            "CacheLayer::new() defaults around the whole Router, where the peer caches sit: \
+             a hit skips routing",
+            |r| app(ServiceBuilder::new().layer(CacheLayer::new()).service(r)),
+        ),
+        c(
             "tower-perf coalesce",
             &[Trivial, HotKey],
             "CoalesceLayer::new() defaults in Router::layer",
