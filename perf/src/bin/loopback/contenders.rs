@@ -20,7 +20,7 @@ use tower_resilience_adaptive::{AdaptiveLimiterLayer, Vegas};
 use tower_resilience_coalesce::{CoalesceError, CoalesceLayer};
 
 use crate::app::{app, App, Buffered, Db, STATIC_TTL};
-use crate::jobs::Job::{self, Hit100k, Hit1k, HotKey, Overload, Trivial};
+use crate::jobs::Job::{self, Hit100k, Hit1k, HotKey, Miss1k, Overload, Trivial};
 
 /// The routes alone: the reference every ratio is taken against.
 pub const BARE: &str = "bare";
@@ -83,13 +83,13 @@ fn tower_perf() -> Vec<Contender> {
         ),
         c(
             TP_CACHE,
-            &[Hit1k, Hit100k, Trivial],
+            &[Hit1k, Hit100k, Miss1k, Trivial],
             "CacheLayer::new() defaults in Router::layer (freshness from max-age=60)",
             |r| app(r.layer(CacheLayer::new())),
         ),
         c(
             "tower-perf cache (around the Router)",
-            &[Hit1k, Hit100k, Trivial],
+            &[Hit1k, Hit100k, Miss1k, Trivial],
             "CacheLayer::new() defaults around the whole Router, where the peer caches sit: \
              a hit skips routing",
             |r| app(ServiceBuilder::new().layer(CacheLayer::new()).service(r)),
@@ -130,7 +130,7 @@ fn peers(db: Db) -> Vec<Contender> {
         ),
         c(
             "tower-http-cache",
-            &[Hit1k, Hit100k, Trivial],
+            &[Hit1k, Hit100k, Miss1k, Trivial],
             format!(
                 "CacheLayer::builder(InMemoryBackend::new(10_000)).ttl({ttl}s), other policy \
                  defaults; a fixed TTL (it does not read max-age), so it also caches /trivial; \
@@ -147,7 +147,7 @@ fn peers(db: Db) -> Vec<Contender> {
         ),
         c(
             "http-cache-tower-server",
-            &[Hit1k, Hit100k, Trivial],
+            &[Hit1k, Hit100k, Miss1k, Trivial],
             "ServerCacheLayer::new(MokaManager(moka future::Cache, 10_000 entries)), \
              ServerCacheOptions defaults (freshness from max-age=60); around the Router",
             |r| app(ServiceBuilder::new().layer(server_cache_layer()).service(r)),

@@ -12,6 +12,9 @@ pub enum Job {
     Hit1k,
     /// Closed loop on `/static/100k` (cacheable for 60 s).
     Hit100k,
+    /// Closed loop on `/static/1k?v={n}`: a fresh key each time, so every
+    /// response is a miss that a cache stores.
+    Miss1k,
     /// Closed loop on `/db/hot`: every request the same slow query.
     HotKey,
     /// Open loop on `/db/{n}` (distinct keys) above the database's capacity.
@@ -23,6 +26,7 @@ impl Job {
         Job::Trivial,
         Job::Hit1k,
         Job::Hit100k,
+        Job::Miss1k,
         Job::HotKey,
         Job::Overload,
     ];
@@ -33,6 +37,7 @@ impl Job {
             Job::Trivial => "trivial",
             Job::Hit1k => "hit-1k",
             Job::Hit100k => "hit-100k",
+            Job::Miss1k => "miss-1k",
             Job::HotKey => "hot-key",
             Job::Overload => "overload",
         }
@@ -47,6 +52,10 @@ impl Job {
             Job::Trivial => "Overhead on a trivial handler (`GET /trivial`, closed loop)",
             Job::Hit1k => "Cache hit, 1 KiB body (`GET /static/1k`, closed loop)",
             Job::Hit100k => "Cache hit, 100 KiB body (`GET /static/100k`, closed loop)",
+            Job::Miss1k => {
+                "Cache miss that stores, 1 KiB body (`GET /static/1k?v={n}`, distinct keys, \
+                 closed loop)"
+            }
             Job::HotKey => "Hot key on the slow database (`GET /db/hot`, closed loop)",
             Job::Overload => "Overload (`GET /db/{n}`, distinct keys, open loop)",
         }
@@ -58,6 +67,7 @@ impl Job {
             Job::Trivial => fixed("/trivial"),
             Job::Hit1k => fixed("/static/1k"),
             Job::Hit100k => fixed("/static/100k"),
+            Job::Miss1k => Paths::Numbered("/static/1k?v="),
             Job::HotKey => fixed("/db/hot"),
             Job::Overload => Paths::Numbered("/db/"),
         }

@@ -26,15 +26,20 @@ type Conn = SendRequest<Empty<Bytes>>;
 pub enum Paths {
     /// The same URI every time.
     Fixed(Uri),
-    /// `prefix` followed by a fresh number each time: keys never repeat.
+    /// `prefix` followed by a fresh number each time: keys never repeat in
+    /// the process, across runs and rounds (a cache keeps what it stored).
     Numbered(&'static str),
 }
 
 impl Paths {
-    fn uri(&self, n: u64) -> Uri {
+    fn next_uri(&self) -> Uri {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         match self {
             Paths::Fixed(uri) => uri.clone(),
-            Paths::Numbered(prefix) => format!("{prefix}{n}").parse().expect("valid path"),
+            Paths::Numbered(prefix) => {
+                let n = NEXT.fetch_add(1, Ordering::Relaxed);
+                format!("{prefix}{n}").parse().expect("valid path")
+            }
         }
     }
 }
@@ -186,15 +191,13 @@ pub async fn closed(addr: SocketAddr, paths: &Paths, cfg: &Closed) -> Result<Sam
     let from = Instant::now() + cfg.warmup;
     let until = from + cfg.duration;
     let budget = Arc::new(AtomicU64::new(cfg.max_requests));
-    let counter = Arc::new(AtomicU64::new(0));
     let mut workers = JoinSet::new();
     for mut conn in conns {
-        let (budget, counter, paths, cfg) =
-            (budget.clone(), counter.clone(), paths.clone(), cfg.clone());
+        let (budget, paths, cfg) = (budget.clone(), paths.clone(), cfg.clone());
         workers.spawn(async move {
             let mut tally = Tally::default();
             while Instant::now() < until && take(&budget) {
-                let uri = paths.uri(counter.fetch_add(1, Ordering::Relaxed));
+                let uri = paths.next_uri();
                 tally.sent += 1;
                 let start = Instant::now();
                 let outcome = send_bounded(&mut conn, uri, cfg.timeout).await;
@@ -255,7 +258,7 @@ pub async fn open(addr: SocketAddr, paths: &Paths, cfg: &Open) -> Result<Sample,
     let mut cpu_from = None;
     let mut sent = 0;
     let mut next = start;
-    for n in 0..cfg.max_requests {
+    for _ in 0..cfg.max_requests {
         next += rng.exp_gap(cfg.rate);
         if next >= until {
             break;
@@ -279,7 +282,7 @@ pub async fn open(addr: SocketAddr, paths: &Paths, cfg: &Open) -> Result<Sample,
         }
         sent += 1;
         let (idle, opened, tally) = (idle.clone(), opened.clone(), tally.clone());
-        let (uri, intended, limit) = (paths.uri(n), next, cfg.timeout);
+        let (uri, intended, limit) = (paths.next_uri(), next, cfg.timeout);
         in_flight.spawn(async move {
             let conn = match conn {
                 Some(conn) => Ok(conn),

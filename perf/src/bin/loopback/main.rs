@@ -44,7 +44,7 @@ OPTIONS:
   --warmup SECS         unmeasured seconds before each measurement [0.5]
   --rounds N            rounds; contenders interleave, medians     [3]
   --connections N       closed-loop connections                    [32]
-  --jobs LIST           comma-separated: trivial,hit-1k,hit-100k,hot-key,overload [all]
+  --jobs LIST           comma-separated: trivial,hit-1k,hit-100k,miss-1k,hot-key,overload [all]
   --contenders LIST     comma-separated name fragments; bare always runs [all]
   --db-permits N        queries the simulated database runs at once [8]
   --db-latency-ms MS    time of one query                          [10]
@@ -505,6 +505,13 @@ mod tests {
             assert_eq!(t.bytes, t.ok * app::SMALL as u64, "{cache}");
             assert!(hit.calls * 10 < t.sent, "{cache}: {} calls", hit.calls);
         }
+
+        // Distinct keys: every request misses and reaches the handler.
+        let miss = run(contenders::TP_CACHE, Job::Miss1k, None);
+        let t = &miss.sample.tally;
+        assert!(t.ok > 20 && t.errors + t.other == 0, "{t:?}");
+        assert_eq!(t.bytes, t.ok * app::SMALL as u64);
+        assert_eq!(miss.calls, t.sent);
 
         let hot = run("tower-resilience-coalesce", Job::HotKey, None);
         assert!(hot.calls * 2 < hot.sample.tally.sent, "{hot:?}");

@@ -389,6 +389,12 @@ fn targets(w: &mut String, rows: &BTreeMap<(Job, String), Row>, capacity: f64) {
     }
     let _ = writeln!(
         w,
+        "| cache miss that stores: ≤ 5% overhead (≥ 0.95× bare throughput), 1 KiB | {} | {} |",
+        verdict(Job::Miss1k, TP_CACHE, &|r| r >= 0.95),
+        peers(Job::Miss1k, &is_cache),
+    );
+    let _ = writeln!(
+        w,
         "| full stack on a trivial handler: ≤ 10% throughput loss (≥ 0.90× bare) | {} | {} |",
         verdict(Job::Trivial, TP_FULL_STACK, &|r| r >= 0.90),
         peers(Job::Trivial, &|name: &str| name == PEER_STACK),
