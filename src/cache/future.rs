@@ -251,6 +251,7 @@ impl Forward {
             shared: self.shared.clone(),
             key: key.clone(),
             variant: Box::new(variant),
+            grpc: false,
         })
     }
 
@@ -363,7 +364,7 @@ impl Forward {
 
 /// RFC 9211 `collapsed`: whether the coalescing layer beneath the cache
 /// shared this response with other waiting requests.
-fn is_collapsed(parts: &Parts) -> bool {
+pub(crate) fn is_collapsed(parts: &Parts) -> bool {
     #[cfg(feature = "coalesce")]
     {
         parts
@@ -388,7 +389,7 @@ fn content_length(headers: &HeaderMap) -> Option<usize> {
         .ok()
 }
 
-fn tags(headers: &HeaderMap, name: &http::HeaderName) -> Box<[Bytes]> {
+pub(crate) fn tags(headers: &HeaderMap, name: &http::HeaderName) -> Box<[Bytes]> {
     headers
         .get_all(name)
         .iter()

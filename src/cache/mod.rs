@@ -194,6 +194,7 @@ mod body;
 #[cfg(feature = "redis")]
 mod codec;
 mod future;
+mod grpc;
 mod layer;
 mod policy;
 #[cfg(feature = "redis")]
@@ -208,6 +209,7 @@ pub use self::redis::RedisTier;
 pub use self::{
     body::CacheBody,
     future::ResponseFuture,
+    grpc::{GrpcCache, GrpcCacheLayer, GrpcResponseFuture},
     layer::{CacheHandle, CacheLayer},
     service::CacheService,
 };

@@ -140,11 +140,16 @@
 mod body;
 mod flight;
 mod future;
+mod grpc;
 mod layer;
 mod service;
 
 pub use self::{
-    body::CoalesceBody, future::ResponseFuture, layer::CoalesceLayer, service::Coalesce,
+    body::CoalesceBody,
+    future::ResponseFuture,
+    grpc::{GrpcCoalesce, GrpcCoalesceLayer, GrpcResponseFuture},
+    layer::CoalesceLayer,
+    service::Coalesce,
 };
 
 /// Marks a response a follower received from its leader's call (a response
