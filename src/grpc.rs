@@ -87,9 +87,9 @@
 //!
 //! Why a body type of the crate rather than a trait to rebuild the caller's
 //! body type from bytes: tonic's generated `Routes`, axum's `Router` and
-//! `Route` all accept `Request<B>` for any `B: http_body::Body<Data = Bytes>
-//! + Send + 'static` whose error converts into a `BoxError`, which
-//! `GrpcBody<B>` is whenever `B` is, so the layers work in
+//! `Route` all accept `Request<B>` for any body `B` with `Data = Bytes`,
+//! `Send + 'static`, whose error converts into a `BoxError`. `GrpcBody<B>`
+//! is such a body whenever `B` is, so the layers work in
 //! `Server::builder().layer`, in `axum::Router::layer` and under hyper with
 //! no conversion and no dependency on tonic. A trait could not be implemented
 //! for hyper's `Incoming` (it cannot be built from bytes) and would tie the
