@@ -69,9 +69,11 @@
 //!   each layer exactly.
 //!
 //! Declare only methods whose answer depends on the message and the keyed
-//! metadata alone. Credentials in metadata (`authorization`) bypass the
-//! coalescer by default like HTTP requests do; list such headers in the key
-//! options when responses differ per caller.
+//! metadata alone. A call with `authorization` metadata is neither cached
+//! nor coalesced (each caller's answer is its own) unless `authorization` is
+//! one of the key's headers (`KeyOptions::header(AUTHORIZATION)`; for the
+//! coalescer also turn off `bypass_credentials`). gRPC-Web calls, whose
+//! status travels in the body, are never declared reads.
 //!
 //! # The request body
 //!
@@ -211,6 +213,14 @@ impl GrpcReads {
     /// The method path of `req` when it is a declared read.
     pub(crate) fn declared<'a, B>(&self, req: &'a Request<B>) -> Option<&'a str> {
         if req.method() != Method::POST {
+            return None;
+        }
+        // gRPC-Web carries its status in the body, not in trailers.
+        let web = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc-web"));
+        if web {
             return None;
         }
         let path = crate::route::grpc_method(req)?;
@@ -422,6 +432,12 @@ mod tests {
         json.headers_mut()
             .insert("content-type", "application/json".parse().unwrap());
         assert!(reads.declared(&json).is_none(), "not gRPC");
+        let mut web = grpc("/a.S/Get", body());
+        web.headers_mut().insert(
+            "content-type",
+            "application/grpc-web+proto".parse().unwrap(),
+        );
+        assert!(reads.declared(&web).is_none(), "gRPC-Web");
         assert_eq!(reads.ttl_for("/a.S/List"), Some(Duration::from_secs(9)));
         assert_eq!(reads.ttl_for("/a.S/Get"), Some(Duration::from_secs(1)));
         assert_eq!(GrpcReads::new().ttl_for("/a.S/Get"), None);

@@ -630,3 +630,44 @@ async fn streaming_bodies_are_never_stored() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 5);
 }
+
+async fn get_as(
+    client: &mut CatalogClient<Channel>,
+    id: &str,
+    token: &str,
+) -> GrpcResponse<Product> {
+    let mut req = GrpcRequest::new(GetProductRequest { id: id.into() });
+    req.metadata_mut()
+        .insert("authorization", token.parse().unwrap());
+    client.get_product(req).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_with_credentials_are_cached_only_when_keyed_by_them() {
+    let store = Store::new();
+    let mut client = serve_tonic(CacheLayer::new().grpc_reads(reads()), &store).await;
+    for _ in 0..2 {
+        let res = get_as(&mut client, "p1", "Bearer a").await;
+        assert!(
+            cache_status(&res).contains("fwd=bypass"),
+            "{}",
+            cache_status(&res)
+        );
+    }
+    assert_eq!(store.gets(), 2);
+
+    let store = Store::new();
+    let keyed = tower_perf::key::KeyOptions::new().header(http::header::AUTHORIZATION);
+    let cache = CacheLayer::new().key_options(keyed).grpc_reads(reads());
+    let mut client = serve_tonic(cache, &store).await;
+    get_as(&mut client, "p1", "Bearer a").await;
+    let hit = get_as(&mut client, "p1", "Bearer a").await;
+    assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
+    let other = get_as(&mut client, "p1", "Bearer b").await;
+    assert!(
+        !cache_status(&other).contains("hit"),
+        "{}",
+        cache_status(&other)
+    );
+    assert_eq!(store.gets(), 2);
+}

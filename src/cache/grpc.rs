@@ -12,7 +12,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header::SET_COOKIE, Request, Response, StatusCode};
+use http::{
+    header::{AUTHORIZATION, SET_COOKIE},
+    Request, Response, StatusCode,
+};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -217,12 +220,16 @@ where
     let (parts, body) = req.into_parts();
     let (message, body) = reads.read(body).await;
     let req = Request::from_parts(parts, body);
-    let key = message.and_then(|message| {
-        let head = RequestHead::from_request(&req);
-        shared.settings.key_options.grpc_key(&head, &message)
-    });
+    let options = &shared.settings.key_options;
+    // A caller's credentials: its answer is its own unless they are keyed.
+    let personal =
+        req.headers().contains_key(AUTHORIZATION) && !options.headers().contains(&AUTHORIZATION);
+    let key = message
+        .filter(|_| !personal)
+        .and_then(|message| options.grpc_key(&RequestHead::from_request(&req), &message));
     let Some(key) = key else {
-        // Over the cap, not one message, or declined by the key function.
+        // Over the cap, not one message, credentials, or declined by the
+        // key function.
         let forward = Forward::pass(&shared, now, Fwd::Bypass, None);
         return ResponseFuture::upstream(svc.get_mut().call(req), forward).await;
     };
