@@ -671,3 +671,104 @@ async fn calls_with_credentials_are_cached_only_when_keyed_by_them() {
     );
     assert_eq!(store.gets(), 2);
 }
+
+/// An inner service that panics when an instance is called without being
+/// polled ready first (a clone starts unready).
+struct Probe {
+    ready: bool,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Clone for Probe {
+    fn clone(&self) -> Self {
+        Self {
+            ready: false,
+            calls: self.calls.clone(),
+        }
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Probe
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Debug,
+{
+    type Response = Response<http_body_util::Full<Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.ready = true;
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        assert!(
+            std::mem::replace(&mut self.ready, false),
+            "called without poll_ready"
+        );
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            // A trailers-only OK answer, a moment later (so that identical
+            // calls meet in flight); the request body is read whole.
+            req.into_body().collect().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            Ok(Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", "0")
+                .body(http_body_util::Full::default())
+                .unwrap())
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_instances_polled_ready_are_called() {
+    use http_body_util::Full;
+    use tower::{Service, ServiceExt};
+
+    let request = || {
+        Request::post(format!("http://x{GET}"))
+            .header("content-type", "application/grpc")
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\x01a")))
+            .unwrap()
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let probe = Probe {
+        ready: false,
+        calls: calls.clone(),
+    };
+    let svc = CacheLayer::new()
+        .grpc_reads(reads())
+        .layer(CoalesceLayer::new().grpc_reads(reads()).layer(probe));
+    // Concurrent identical reads on clones, then a hit: each instance
+    // called was polled ready.
+    let tasks: Vec<_> = (0..5)
+        .map(|_| {
+            let mut svc = svc.clone();
+            tokio::spawn(async move {
+                ServiceExt::<Request<Full<Bytes>>>::ready(&mut svc)
+                    .await
+                    .unwrap()
+                    .call(request())
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let mut svc = svc.clone();
+    let ready = ServiceExt::<Request<Full<Bytes>>>::ready(&mut svc).await;
+    let hit = ready.unwrap().call(request()).await.unwrap();
+    assert!(hit.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .contains("hit"));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
