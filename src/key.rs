@@ -209,6 +209,33 @@ impl KeyOptions {
         Some(Key(out.into()))
     }
 
+    /// The key of a unary gRPC call: the request's key (see [`key`](Self::key),
+    /// without method), its `grpc-encoding` and `grpc-accept-encoding`, then
+    /// the framed request `message`, so that calls with different messages
+    /// never share a key. `None` when a custom key function declines.
+    #[cfg(any(feature = "cache", feature = "coalesce"))]
+    pub(crate) fn grpc_key(&self, head: &RequestHead<'_>, message: &[u8]) -> Option<Key> {
+        let key = self.key(head, None)?;
+        let mut out = Vec::with_capacity(key.len() + message.len() + 48);
+        out.extend_from_slice(key.as_bytes());
+        for name in ["grpc-encoding", "grpc-accept-encoding"] {
+            out.push(b'\n');
+            out.extend_from_slice(name.as_bytes());
+            out.push(b':');
+            for (i, value) in head.headers.get_all(name).iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(value.as_bytes());
+            }
+        }
+        // A NUL never appears in a header line: the message cannot be
+        // mistaken for one.
+        out.extend_from_slice(b"\n\0");
+        out.extend_from_slice(message);
+        Some(Key(out.into()))
+    }
+
     /// The key of an absolute or origin-form target seen from a request with
     /// `headers` (used for invalidation of `Location` / `Content-Location`).
     pub fn target_key(&self, uri: &Uri, headers: &HeaderMap) -> Key {
@@ -329,6 +356,33 @@ mod tests {
             b"GET /x"
         );
         assert!(key(&o, "/private", None).is_none());
+    }
+
+    #[cfg(any(feature = "cache", feature = "coalesce"))]
+    #[test]
+    fn grpc_keys_differ_by_message_and_encoding() {
+        let o = KeyOptions::new().header(HeaderName::from_static("x-tenant"));
+        let req = |encoding: Option<&str>| {
+            let mut b = Request::post("http://example.org/pkg.Svc/Get").header("x-tenant", "a");
+            if let Some(e) = encoding {
+                b = b.header("grpc-accept-encoding", e);
+            }
+            b.body(()).unwrap()
+        };
+        let plain = req(None);
+        let head = RequestHead::from_request(&plain);
+        let a = o.grpc_key(&head, b"\0\0\0\0\x01a").unwrap();
+        assert!(a.starts_with(b"http://example.org/pkg.Svc/Get\nx-tenant:a\ngrpc-encoding:"));
+        assert!(a.as_bytes().ends_with(b"\n\0\0\0\0\0\x01a"));
+        assert_ne!(a, o.grpc_key(&head, b"\0\0\0\0\x01b").unwrap());
+        let gzip = req(Some("gzip"));
+        assert_ne!(
+            a,
+            o.grpc_key(&RequestHead::from_request(&gzip), b"\0\0\0\0\x01a")
+                .unwrap()
+        );
+        let declined = KeyOptions::new().key_fn(|_| None);
+        assert!(declined.grpc_key(&head, b"").is_none());
     }
 
     #[test]

@@ -37,7 +37,9 @@
 //!
 //! tonic: `Server::builder().layer(PerfStack::new())`: latency labels calls
 //! by method path, the limiter sheds with `grpc-status` 14, and the cache and
-//! coalescer pass gRPC calls (`POST`s) through. Plain hyper 1: wrap the
+//! coalescer pass gRPC calls (`POST`s) through, except the unary reads you
+//! declare with [`grpc::GrpcReads`] (`PerfStack::new().grpc_reads(...)`),
+//! which are cached and coalesced by request message. Plain hyper 1: wrap the
 //! stacked service in `hyper_util::service::TowerToHyperService`. The
 //! repository's `axum`, `tonic` and `hyper` examples run all three.
 //!
@@ -72,6 +74,9 @@ pub mod cache;
 #[cfg(feature = "coalesce")]
 #[cfg_attr(docsrs, doc(cfg(feature = "coalesce")))]
 pub mod coalesce;
+#[cfg(any(feature = "cache", feature = "coalesce"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "cache", feature = "coalesce"))))]
+pub mod grpc;
 #[cfg(any(feature = "cache", feature = "coalesce", feature = "limit"))]
 pub mod key;
 #[cfg(feature = "latency")]
@@ -82,7 +87,12 @@ pub mod latency;
 pub mod limit;
 #[cfg(feature = "limit")]
 pub(crate) mod reject;
-#[cfg(any(feature = "latency", feature = "limit"))]
+#[cfg(any(
+    feature = "latency",
+    feature = "limit",
+    feature = "cache",
+    feature = "coalesce"
+))]
 #[allow(dead_code)] // each layer uses part of it; a single-layer build leaves the rest unused
 pub(crate) mod route;
 #[cfg(all(

@@ -88,18 +88,35 @@
 //! With tonic, `Server::builder().layer(PerfStack::new())`. Latency labels
 //! calls by their method path, and the limiter answers shed calls with
 //! `grpc-status` 14 (`UNAVAILABLE`). gRPC calls are `POST`s, so the cache and
-//! the coalescer pass them through untouched: caching or coalescing
-//! idempotent gRPC reads is not implemented. With plain hyper 1, wrap the
-//! stacked service in `hyper_util::service::TowerToHyperService`. The
-//! `axum`, `tonic` and `hyper` examples in the repository show all three.
+//! the coalescer pass them through untouched, unless you declare idempotent
+//! unary reads with [`PerfStack::grpc_reads`]: those are cached and coalesced
+//! by request message (see [`crate::grpc`]).
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use tower_perf::{grpc::GrpcReads, stack::PerfStack};
+//!
+//! let reads = GrpcReads::new()
+//!     .method("/catalog.v1.Catalog/GetProduct")
+//!     .ttl(Duration::from_secs(30));
+//! let stack = PerfStack::new().grpc_reads(reads);
+//! // tonic::transport::Server::builder().layer(stack).add_service(...)
+//! # let _ = stack;
+//! ```
+//!
+//! With plain hyper 1, wrap the stacked service in
+//! `hyper_util::service::TowerToHyperService`. The `axum`, `tonic` and
+//! `hyper` examples in the repository show all three.
 
 use std::fmt;
 
 use tower_layer::Layer;
 
 use crate::{
-    cache::{CacheHandle, CacheLayer, CacheService},
-    coalesce::{Coalesce, CoalesceLayer},
+    cache::{CacheHandle, CacheLayer, CacheService, GrpcCache},
+    coalesce::{Coalesce, CoalesceLayer, GrpcCoalesce},
+    grpc::GrpcReads,
     latency::{Latency, LatencyLayer, LatencySummary, NoRoute},
     limit::{
         AdaptiveLimit, AdaptiveLimitLayer, Algorithm, DefaultAlgorithm, DefaultClassifier,
@@ -112,18 +129,26 @@ use crate::{
 pub type PerfService<S, A = DefaultAlgorithm, C = DefaultClassifier, R = NoRoute> =
     Latency<CacheService<Coalesce<AdaptiveLimit<S, A, C>>>, R>;
 
+/// The service a [`PerfStack`] with [`grpc_reads`](PerfStack::grpc_reads)
+/// makes around `S`: as [`PerfService`], with the cache and the coalescer
+/// that also handle declared gRPC reads.
+pub type GrpcPerfService<S, A = DefaultAlgorithm, C = DefaultClassifier, R = NoRoute> =
+    Latency<GrpcCache<GrpcCoalesce<AdaptiveLimit<S, A, C>>>, R>;
+
 /// Applies the four layers in the recommended order; see the
 /// [module docs](self) for the order, why, and examples.
 ///
 /// `A` and `C` are the limiter's algorithm and classifier, `R` the latency
 /// layer's route function: they change with [`limit`](Self::limit) and
-/// [`latency`](Self::latency).
+/// [`latency`](Self::latency). `G` is `()`, or [`GrpcReads`] once
+/// [`grpc_reads`](Self::grpc_reads) declared gRPC reads.
 #[derive(Clone)]
-pub struct PerfStack<A = DefaultAlgorithm, C = DefaultClassifier, R = NoRoute> {
+pub struct PerfStack<A = DefaultAlgorithm, C = DefaultClassifier, R = NoRoute, G = ()> {
     latency: LatencyLayer<R>,
     cache: CacheLayer,
     coalesce: CoalesceLayer,
     limit: AdaptiveLimitLayer<A, C>,
+    grpc: G,
 }
 
 impl PerfStack {
@@ -135,6 +160,7 @@ impl PerfStack {
             cache: CacheLayer::new(),
             coalesce: CoalesceLayer::new(),
             limit: AdaptiveLimitLayer::new(),
+            grpc: (),
         }
     }
 }
@@ -146,6 +172,21 @@ impl Default for PerfStack {
 }
 
 impl<A, C, R> PerfStack<A, C, R> {
+    /// Also caches and coalesces the unary gRPC reads `reads` declares
+    /// (see [`crate::grpc`]). The cache and coalescing layers given before
+    /// or after keep their settings.
+    pub fn grpc_reads(self, reads: GrpcReads) -> PerfStack<A, C, R, GrpcReads> {
+        PerfStack {
+            latency: self.latency,
+            cache: self.cache,
+            coalesce: self.coalesce,
+            limit: self.limit,
+            grpc: reads,
+        }
+    }
+}
+
+impl<A, C, R, G> PerfStack<A, C, R, G> {
     /// Replaces the response cache.
     pub fn cache(self, cache: CacheLayer) -> Self {
         Self { cache, ..self }
@@ -158,23 +199,25 @@ impl<A, C, R> PerfStack<A, C, R> {
 
     /// Replaces the adaptive concurrency limit (its algorithm and classifier
     /// may differ from the defaults).
-    pub fn limit<A2, C2>(self, limit: AdaptiveLimitLayer<A2, C2>) -> PerfStack<A2, C2, R> {
+    pub fn limit<A2, C2>(self, limit: AdaptiveLimitLayer<A2, C2>) -> PerfStack<A2, C2, R, G> {
         PerfStack {
             latency: self.latency,
             cache: self.cache,
             coalesce: self.coalesce,
             limit,
+            grpc: self.grpc,
         }
     }
 
     /// Replaces the latency layer (its route function may differ from the
     /// default).
-    pub fn latency<R2>(self, latency: LatencyLayer<R2>) -> PerfStack<A, C, R2> {
+    pub fn latency<R2>(self, latency: LatencyLayer<R2>) -> PerfStack<A, C, R2, G> {
         PerfStack {
             latency,
             cache: self.cache,
             coalesce: self.coalesce,
             limit: self.limit,
+            grpc: self.grpc,
         }
     }
 
@@ -190,20 +233,21 @@ impl<A, C, R> PerfStack<A, C, R> {
     }
 }
 
-impl<A: Algorithm, C, R> PerfStack<A, C, R> {
+impl<A: Algorithm, C, R, G> PerfStack<A, C, R, G> {
     /// A handle on the limiter: current limit, in-flight count, counters.
     pub fn limit_handle(&self) -> LimitHandle {
         self.limit.handle()
     }
 }
 
-impl<A: fmt::Debug, C: fmt::Debug, R> fmt::Debug for PerfStack<A, C, R> {
+impl<A: fmt::Debug, C: fmt::Debug, R, G: fmt::Debug> fmt::Debug for PerfStack<A, C, R, G> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PerfStack")
             .field("latency", &self.latency)
             .field("cache", &self.cache)
             .field("coalesce", &self.coalesce)
             .field("limit", &self.limit)
+            .field("grpc", &self.grpc)
             .finish()
     }
 }
@@ -215,6 +259,19 @@ impl<S, A, C: Clone, R: Clone> Layer<S> for PerfStack<A, C, R> {
         let limited = self.limit.layer(inner);
         self.latency
             .layer(self.cache.layer(self.coalesce.layer(limited)))
+    }
+}
+
+impl<S, A, C: Clone, R: Clone> Layer<S> for PerfStack<A, C, R, GrpcReads> {
+    type Service = GrpcPerfService<S, A, C, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let limited = self.limit.layer(inner);
+        // Layers and reads are an `Arc` each: every service shares the
+        // state created with the stack.
+        let coalesce = self.coalesce.clone().grpc_reads(self.grpc.clone());
+        let cache = self.cache.clone().grpc_reads(self.grpc.clone());
+        self.latency.layer(cache.layer(coalesce.layer(limited)))
     }
 }
 

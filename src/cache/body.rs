@@ -100,11 +100,15 @@ pub(crate) struct Inserter {
     pub(crate) key: Key,
     /// The stored response, its body still empty.
     pub(crate) variant: Box<Variant>,
+    /// A gRPC read: stored only if the call succeeded (`grpc-status: 0`).
+    pub(crate) grpc: bool,
 }
 
 impl Sink for Inserter {
     fn complete(mut self, collected: Collected) {
-        if !length_matches(&self.variant.headers, &collected) {
+        if !length_matches(&self.variant.headers, &collected)
+            || (self.grpc && !crate::grpc::succeeded(&self.variant.headers, &collected))
+        {
             return;
         }
         // The server derived it from the body; a hit (and HEAD) needs it stored.

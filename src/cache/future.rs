@@ -253,6 +253,7 @@ impl Forward {
             shared: self.shared.clone(),
             key: key.clone(),
             variant: Box::new(variant),
+            grpc: false,
         })
     }
 
@@ -373,7 +374,7 @@ impl Forward {
 
 /// RFC 9211 `collapsed`: whether the coalescing layer beneath the cache
 /// shared this response with other waiting requests.
-fn is_collapsed(parts: &Parts) -> bool {
+pub(crate) fn is_collapsed(parts: &Parts) -> bool {
     #[cfg(feature = "coalesce")]
     {
         parts
@@ -398,7 +399,7 @@ fn content_length(headers: &HeaderMap) -> Option<usize> {
         .ok()
 }
 
-fn tags(headers: &HeaderMap, name: &http::HeaderName) -> Box<[Bytes]> {
+pub(crate) fn tags(headers: &HeaderMap, name: &http::HeaderName) -> Box<[Bytes]> {
     headers
         .get_all(name)
         .iter()

@@ -48,7 +48,7 @@ pub(crate) struct Shared {
 /// See the [module docs](crate::cache) for what is stored and served.
 #[derive(Clone)]
 pub struct CacheLayer {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl fmt::Debug for CacheLayer {

@@ -173,6 +173,16 @@
 //! without the feature. Connections are made on first use, inside the
 //! Tokio runtime.
 //!
+//! # gRPC reads
+//!
+//! gRPC calls are `POST`s and pass through. [`CacheLayer::grpc_reads`]
+//! declares idempotent unary methods whose successful answers (`grpc-status:
+//! 0`) are stored by method and request message, with a freshness the
+//! operator sets, and replayed with their trailers; it returns a
+//! [`GrpcCacheLayer`] whose inner service receives a
+//! [`GrpcBody`](crate::grpc::GrpcBody). See [`crate::grpc`] for what is
+//! read, keyed and stored, and why the body type.
+//!
 //! # How it differs
 //!
 //! Concurrent misses for one key are not collapsed here: put the coalescing
@@ -194,6 +204,7 @@ mod body;
 #[cfg(feature = "redis")]
 mod codec;
 mod future;
+mod grpc;
 mod layer;
 mod policy;
 #[cfg(feature = "redis")]
@@ -208,6 +219,7 @@ pub use self::redis::RedisTier;
 pub use self::{
     body::CacheBody,
     future::ResponseFuture,
+    grpc::{GrpcCache, GrpcCacheLayer, GrpcResponseFuture},
     layer::{CacheHandle, CacheLayer},
     service::CacheService,
 };

@@ -243,6 +243,16 @@ impl Shared {
         });
     }
 
+    /// Removes the hit-for-miss marker `flight` left for its key, if it is
+    /// still there: for an outcome that says nothing about the key's next
+    /// answer (a gRPC error status).
+    pub(crate) fn clear_pass(&self, flight: &Flight) {
+        let mut map = lock(&self.map);
+        if matches!(map.entries.get(&flight.key), Some(Entry::Pass(_))) {
+            map.entries.remove(&flight.key);
+        }
+    }
+
     /// The number of keys tracked (in flight or hit-for-miss).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -231,7 +231,7 @@ where
 /// Whether a response may be buffered and given to other callers: a known
 /// length within the cap (an unknown one may be an endless stream), not an
 /// event stream, and nothing personal (`Set-Cookie`, `Cache-Control: private`).
-fn shareable<B: Body>(headers: &HeaderMap, body: &B, cap: usize) -> bool {
+pub(crate) fn shareable<B: Body>(headers: &HeaderMap, body: &B, cap: usize) -> bool {
     if !body.size_hint().upper().is_some_and(|n| n <= cap as u64) {
         return false;
     }
@@ -279,6 +279,29 @@ where
             shared: publisher.shared().clone(),
             flight: publisher.flight().clone(),
             work: Some(Box::pin(lead(fut, publisher))),
+            detach: |work| {
+                Box::pin(async move {
+                    work.await;
+                })
+            },
+        }
+    }
+}
+
+impl<B, E> Leader<B, E>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    E: Send + 'static,
+{
+    /// A leader whose work is `work(publisher)` rather than [`lead`].
+    pub(crate) fn with_work<W>(publisher: Publisher, work: impl FnOnce(Publisher) -> W) -> Self
+    where
+        W: Future<Output = Led<B, E>> + Send + 'static,
+    {
+        Self {
+            shared: publisher.shared().clone(),
+            flight: publisher.flight().clone(),
+            work: Some(Box::pin(work(publisher))),
             detach: |work| {
                 Box::pin(async move {
                     work.await;

@@ -57,6 +57,10 @@
 //! forget the in-flight reads of its target, when it starts and when it ends,
 //! so a read issued after a write never receives a response computed before it.
 //!
+//! gRPC calls are `POST`s and pass through, except the idempotent unary
+//! methods declared with [`CoalesceLayer::grpc_reads`], which are coalesced
+//! by method and request message ([`GrpcCoalesceLayer`]; see [`crate::grpc`]).
+//!
 //! # What followers receive
 //!
 //! A copy of the leader's response: status, headers, extensions, body and
@@ -140,11 +144,16 @@
 mod body;
 mod flight;
 mod future;
+mod grpc;
 mod layer;
 mod service;
 
 pub use self::{
-    body::CoalesceBody, future::ResponseFuture, layer::CoalesceLayer, service::Coalesce,
+    body::CoalesceBody,
+    future::ResponseFuture,
+    grpc::{GrpcCoalesce, GrpcCoalesceLayer, GrpcResponseFuture},
+    layer::CoalesceLayer,
+    service::Coalesce,
 };
 
 /// Marks a response a follower received from its leader's call (a response
