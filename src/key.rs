@@ -17,7 +17,11 @@
 //! assert_eq!(key.as_bytes(), b"http://example.com/items?a=1&b=2");
 //! ```
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    hash::{BuildHasher, Hash, Hasher, RandomState},
+    sync::{Arc, OnceLock},
+};
 
 use bytes::Bytes;
 use http::{header::HOST, Extensions, HeaderMap, HeaderName, Method, Request, Uri};
@@ -49,57 +53,120 @@ impl<'a> RequestHead<'a> {
 }
 
 /// A request key: cheap to clone, hashable, compared byte for byte.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key(Bytes);
+///
+/// The key is hashed once, when it is made, with SipHash under a random
+/// per-process seed (as hard to collide on purpose as the standard
+/// hasher); hashing a key then writes that one number. A cache hashes a
+/// key on every lookup, insert and table resize, and hashing long URLs anew
+/// each time was a large part of the cost of storing a response.
+#[derive(Clone)]
+pub struct Key {
+    bytes: Bytes,
+    hash: u64,
+}
 
 impl Key {
+    fn new(bytes: Bytes) -> Self {
+        static SEED: OnceLock<RandomState> = OnceLock::new();
+        let hash = SEED.get_or_init(RandomState::new).hash_one(&bytes[..]);
+        Self { bytes, hash }
+    }
+
     /// A key from its raw bytes (what a custom key function or a purge call names).
     pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
-        Self(bytes.into())
+        Self::new(bytes.into())
     }
 
     /// The key's bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.bytes
     }
 
     /// Whether the key starts with `prefix`.
     pub fn starts_with(&self, prefix: &[u8]) -> bool {
-        self.0.starts_with(prefix)
+        self.bytes.starts_with(prefix)
     }
 
     /// The number of bytes in the key.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.bytes.len()
     }
 
     /// Whether the key is empty.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.bytes.is_empty()
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.bytes == other.bytes
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.bytes.cmp(&other.bytes)
     }
 }
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Key({:?})", String::from_utf8_lossy(&self.0))
+        write!(f, "Key({:?})", String::from_utf8_lossy(&self.bytes))
     }
 }
 
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&String::from_utf8_lossy(&self.0))
+        f.write_str(&String::from_utf8_lossy(&self.bytes))
     }
 }
 
 impl From<&str> for Key {
     fn from(s: &str) -> Self {
-        Self(Bytes::copy_from_slice(s.as_bytes()))
+        Self::new(Bytes::copy_from_slice(s.as_bytes()))
     }
 }
 
 impl From<String> for Key {
     fn from(s: String) -> Self {
-        Self(Bytes::from(s))
+        Self::new(Bytes::from(s))
+    }
+}
+
+/// Passes a [`Key`]'s precomputed hash through: for maps keyed by keys
+/// alone, which need no second hash.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    // Only keys are hashed with it; anything else still mixes in.
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -192,7 +259,7 @@ impl KeyOptions {
         }
         if let Some(f) = &self.key_fn {
             out.extend_from_slice(f(head)?.as_bytes());
-            return Some(Key(out.into()));
+            return Some(Key::new(out.into()));
         }
         self.write_target(head.uri, head.headers, &mut out);
         for name in self.headers.iter() {
@@ -206,7 +273,7 @@ impl KeyOptions {
                 out.extend_from_slice(value.as_bytes());
             }
         }
-        Some(Key(out.into()))
+        Some(Key::new(out.into()))
     }
 
     /// The key of a unary gRPC call: the request's key (see [`key`](Self::key),
@@ -233,7 +300,7 @@ impl KeyOptions {
         // mistaken for one.
         out.extend_from_slice(b"\n\0");
         out.extend_from_slice(message);
-        Some(Key(out.into()))
+        Some(Key::new(out.into()))
     }
 
     /// The key of an absolute or origin-form target seen from a request with
@@ -241,7 +308,7 @@ impl KeyOptions {
     pub fn target_key(&self, uri: &Uri, headers: &HeaderMap) -> Key {
         let mut out = Vec::with_capacity(64 + uri.path().len());
         self.write_target(uri, headers, &mut out);
-        Key(out.into())
+        Key::new(out.into())
     }
 
     fn write_target(&self, uri: &Uri, headers: &HeaderMap, out: &mut Vec<u8>) {

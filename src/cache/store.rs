@@ -5,6 +5,7 @@
 use std::{
     fmt,
     future::Future,
+    hash::BuildHasherDefault,
     pin::Pin,
     sync::{atomic::AtomicBool, Arc, Mutex},
     time::{Duration, SystemTime},
@@ -15,7 +16,10 @@ use http::{header::AGE, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::time::Instant;
 
 use super::policy::{self, ResponseCc};
-use crate::{body::Collected, key::Key};
+use crate::{
+    body::Collected,
+    key::{Key, KeyHasher},
+};
 
 /// A stored response, with what serving and revalidating it needs.
 #[derive(Debug)]
@@ -306,7 +310,7 @@ pub(crate) fn put_variant(store: &dyn Store, key: Key, variant: Arc<Variant>) {
 
 /// The in-process store: a moka cache weighed in bytes.
 pub(crate) struct MokaStore {
-    cache: moka::sync::Cache<Key, Entry>,
+    cache: moka::sync::Cache<Key, Entry, BuildHasherDefault<KeyHasher>>,
 }
 
 impl MokaStore {
@@ -322,7 +326,8 @@ impl MokaStore {
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .support_invalidation_closures()
-            .build();
+            // Keys carry their hash.
+            .build_with_hasher(BuildHasherDefault::default());
         Self { cache }
     }
 }
