@@ -57,14 +57,16 @@
 //! registry lookup: the layer caches the metric handles per label set, read
 //! without locks. Routes whose label lives at a stable address (axum's
 //! `MatchedPath`, `&'static str` from a [`RouteFn`]) are found without a lock
-//! too; gRPC method paths take a shared read lock on the route map. A cached handle remembers which recorder it came from, and each
-//! request compares that with the recorder `metrics` would use now (its
-//! thread-local recorder, else the global one, else the no-op), so a recorder
-//! installed after the layer was built, or after the first requests, still
-//! gets every later sample. Two recorders per handle are served without
-//! locks (in practice: the no-op, then your exporter); a third (tests that
-//! swap local recorders) goes through a lock. Because the identity is the
-//! recorder's address, build a new layer per recorder in tests.
+//! too; gRPC method paths take a shared read lock on the route map.
+//!
+//! A request is counted by the recorder `metrics` would use when it enters
+//! (its thread-local recorder, else the global one, else the no-op), so a
+//! recorder installed after the layer was built, or after the first
+//! requests, gets every request that enters after it. The layer numbers the
+//! recorders it meets by address: the first two (in practice the no-op, then
+//! your exporter) are served without locks, each later one (tests that swap
+//! local recorders) through a lock. Because the identity is the recorder's
+//! address, build a new layer per recorder in tests.
 //!
 //! Measured per request (`benches/latency.rs`, in process, best of
 //! interleaved rounds, on a shared 2-core VM): about 190 ns over a bare
