@@ -62,7 +62,9 @@
 //! A request is counted by the recorder `metrics` would use when it enters
 //! (its thread-local recorder, else the global one, else the no-op), so a
 //! recorder installed after the layer was built, or after the first
-//! requests, gets every request that enters after it. The layer numbers the
+//! requests, gets every request that enters after it (a label set's first
+//! sample goes to the recorder current when the request ends, the same one
+//! unless recorders are swapped mid-request). The layer numbers the
 //! recorders it meets by address: the first two (in practice the no-op, then
 //! your exporter) are served without locks, each later one (tests that swap
 //! local recorders) through a lock. Because the identity is the recorder's

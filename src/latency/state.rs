@@ -390,6 +390,9 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 ///
 /// The request is counted by the recorder current when it entered: its
 /// handle slot is found once, then every handle is one atomic load away.
+/// (The first sample of a series for a recorder is resolved through the
+/// recorder current when the request ends, the same one unless a test
+/// swaps recorders mid-request.)
 #[derive(Debug)]
 pub(crate) struct Recording {
     registry: Arc<Registry>,
@@ -527,5 +530,67 @@ impl Drop for Recording {
                 .expect("a fixed gauge is resolved before the request starts")
                 .decrement(1.0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    /// Histogram samples and the gauge's change since the last call (a
+    /// snapshot drains both) in `recorder`.
+    fn seen(recorder: &DebuggingRecorder) -> (usize, f64) {
+        let mut samples = 0;
+        let mut gauge = 0.0;
+        for (_, _, _, value) in recorder.snapshotter().snapshot().into_vec() {
+            match value {
+                DebugValue::Histogram(v) => samples += v.len(),
+                DebugValue::Gauge(g) => gauge += g.into_inner(),
+                DebugValue::Counter(_) => {}
+            }
+        }
+        (samples, gauge)
+    }
+
+    #[test]
+    fn each_recorder_gets_its_requests_past_the_two_fixed_slots() {
+        let registry = Arc::new(Registry::new(Config::default()));
+        let request = || {
+            let route = registry.lookup("/r");
+            let mut recording =
+                Recording::start(registry.clone(), route, 0, false, false, Instant::now());
+            recording.headers(StatusCode::OK, None);
+            recording.finish();
+        };
+        let recorders: Vec<_> = (0..4).map(|_| DebuggingRecorder::new()).collect();
+        for _ in 0..3 {
+            for recorder in &recorders {
+                metrics::with_local_recorder(recorder, request);
+            }
+            for recorder in &recorders {
+                assert_eq!(seen(recorder), (1, 0.0));
+            }
+        }
+        // A request that entered under one recorder is counted by that one,
+        // whichever is current when it ends.
+        let (a, b) = (&recorders[0], &recorders[3]);
+        let mut open = metrics::with_local_recorder(a, || {
+            Recording::start(
+                registry.clone(),
+                registry.lookup("/r"),
+                0,
+                false,
+                false,
+                Instant::now(),
+            )
+        });
+        assert_eq!(seen(a), (0, 1.0));
+        metrics::with_local_recorder(b, || {
+            open.headers(StatusCode::OK, None);
+            open.finish();
+            drop(open);
+        });
+        assert_eq!((seen(a), seen(b)), ((1, -1.0), (0, 0.0)));
     }
 }
