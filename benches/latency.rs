@@ -113,9 +113,11 @@ fn main() {
             f()
         }
     };
-    // Profiling aid: `LATENCY_BENCH_ONLY=<variant> valgrind --tool=callgrind <bench binary>`
-    // runs one variant 100 000 times; the instruction counts of two variants
-    // differ by the per-request cost times 100 000, whatever the machine load.
+    // Profiling aid: `LATENCY_BENCH_ONLY=<variant> valgrind --tool=callgrind
+    // --toggle-collect='latency::variant::{{closure}}' <bench binary>` runs one
+    // variant 100 000 times and counts only the requests (the setup varies
+    // from run to run); the instruction counts of two variants differ by the
+    // per-request cost times 100 000, whatever the machine load.
     if let Ok(only) = std::env::var("LATENCY_BENCH_ONLY") {
         let (name, f) = variants
             .iter_mut()
