@@ -4,7 +4,11 @@
 //! `cargo bench --bench latency -- --warm-up-time 1 --measurement-time 3`
 //!
 //! Prints, from interleaved rounds, each variant's ns/request and its
-//! overhead over bare.
+//! overhead over bare, and for reference what the layer's two clock reads
+//! cost here: the dev-dependency tokio has `test-util`, whose
+//! `tokio::time::Instant::now()` first checks for a paused clock, so this
+//! bench pays slightly more per read than an application build (plain
+//! `std::time::Instant`).
 //! The side-by-side with `axum-prometheus` on an axum router is
 //! `cargo bench -p tower-perf-bench --bench latency_peers`.
 
@@ -54,6 +58,9 @@ fn layer() -> LatencyLayer<fn(&Request<()>) -> Option<&'static str>> {
 
 type Variant = (&'static str, Box<dyn FnMut()>);
 
+/// Reference variants: not requests, the clock reads the layer makes.
+const CLOCK: &str = "clock: ";
+
 fn variant<S, B>(name: &'static str, mut svc: S) -> Variant
 where
     S: Service<Request<()>, Response = Response<B>> + 'static,
@@ -85,6 +92,18 @@ fn main() {
         variant("latency, no recorder", with(layer())),
         variant("latency, prometheus", with(layer())),
         variant("latency, prometheus + summary", with(layer().summary())),
+        (
+            "clock: tokio Instant::now + elapsed",
+            Box::new(|| {
+                black_box(black_box(tokio::time::Instant::now()).elapsed());
+            }),
+        ),
+        (
+            "clock: std Instant::now + elapsed",
+            Box::new(|| {
+                black_box(black_box(Instant::now()).elapsed());
+            }),
+        ),
     ];
     // One thread: a local recorder is the recorder of everything run here.
     let run = |name: &str, f: &mut dyn FnMut()| {
@@ -94,9 +113,11 @@ fn main() {
             f()
         }
     };
-    // Profiling aid: `LATENCY_BENCH_ONLY=<variant> valgrind --tool=callgrind <bench binary>`
-    // runs one variant 100 000 times; the instruction counts of two variants
-    // differ by the per-request cost times 100 000, whatever the machine load.
+    // Profiling aid: `LATENCY_BENCH_ONLY=<variant> valgrind --tool=callgrind
+    // --toggle-collect='latency::variant::{{closure}}' <bench binary>` runs one
+    // variant 100 000 times and counts only the requests (the setup varies
+    // from run to run); the instruction counts of two variants differ by the
+    // per-request cost times 100 000, whatever the machine load.
     if let Ok(only) = std::env::var("LATENCY_BENCH_ONLY") {
         let (name, f) = variants
             .iter_mut()
@@ -131,12 +152,15 @@ fn main() {
     assert!(handle.render().contains("http_route=\"/users/{id}\""));
     let bare = best["bare"];
     println!("\nper request, best of {ROUNDS} interleaved rounds of {BATCH}:");
-    for (name, ns) in &best {
+    for (name, ns) in best.iter().filter(|(n, _)| !n.starts_with(CLOCK)) {
         println!(
             "  {name:32} {ns:8.1} ns   {:+7.1} ns over bare   ratio {:.2}x",
             ns - bare,
             ns / bare
         );
+    }
+    for (name, ns) in best.iter().filter(|(n, _)| n.starts_with(CLOCK)) {
+        println!("  {name:40} {ns:8.1} ns");
     }
 }
 

@@ -15,7 +15,7 @@ use metrics::{Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedS
 use tokio::time::Instant;
 
 use super::{
-    handles::{Handle, Handles},
+    handles::{Handle, Handles, Recorders},
     labels::{Failure, Names, SeriesKey, GRPC_UNIMPLEMENTED, METHODS},
     summary::{Buckets, RouteSummary},
     Naming,
@@ -69,6 +69,7 @@ pub(crate) struct Registry {
     overflow: Arc<Route>,
     /// Series created so far, against `config.max_series`.
     series: AtomicUsize,
+    recorders: Recorders,
     active: [Handles<Gauge>; METHODS.len()],
     /// The recorder the metrics were last described to.
     described: AtomicUsize,
@@ -78,7 +79,7 @@ pub(crate) struct Registry {
 pub(crate) struct Route {
     name: Arc<str>,
     overflow: bool,
-    pub(crate) stop_at_headers: bool,
+    stop_at_headers: bool,
     /// The first series, read without locks; the rest behind `more`.
     series: [OnceLock<Series>; FIXED_SERIES],
     more: RwLock<Vec<Series>>,
@@ -104,20 +105,12 @@ pub(crate) enum RouteRef {
     /// index is enough: no reference count to touch per request.
     Hint(u8),
     Unmatched,
+    /// A new route while the registry is full: it can never be admitted.
+    /// Carries whether its name stops the clock at the headers.
+    Overflow(bool),
     Known(Arc<Route>),
     /// Not admitted yet: admitted (under the cap) once an outcome is recorded.
     New(Arc<str>),
-}
-
-impl RouteRef {
-    fn stop_at_headers(&self, registry: &Registry) -> bool {
-        match self {
-            RouteRef::Hint(i) => registry.hint(*i).stop_at_headers,
-            RouteRef::Unmatched => registry.unmatched.stop_at_headers,
-            RouteRef::Known(route) => route.stop_at_headers,
-            RouteRef::New(name) => registry.config.stops_at_headers(name),
-        }
-    }
 }
 
 impl Route {
@@ -135,6 +128,7 @@ impl Route {
 
     /// Runs `f` on the series of `key`, if it exists. The overflow route
     /// has one series for every key.
+    #[inline]
     fn with_series<T>(&self, key: SeriesKey, f: impl FnOnce(&Series) -> T) -> Option<T> {
         for slot in &self.series {
             match slot.get() {
@@ -143,6 +137,11 @@ impl Route {
                 None => return None,
             }
         }
+        self.with_more_series(key, f)
+    }
+
+    #[cold]
+    fn with_more_series<T>(&self, key: SeriesKey, f: impl FnOnce(&Series) -> T) -> Option<T> {
         let more = read(&self.more);
         more.iter().find(|s| s.key == key).map(f)
     }
@@ -187,6 +186,7 @@ impl Registry {
             unmatched: route(UNMATCHED, false),
             overflow: route(OVERFLOW, true),
             series: AtomicUsize::new(0),
+            recorders: Recorders::default(),
             active: Default::default(),
             described: AtomicUsize::new(0),
             config,
@@ -199,39 +199,62 @@ impl Registry {
     /// the map lookup for labels that live at a stable address: axum's
     /// `MatchedPath` (shared per route) and `&'static str`s from a route fn.
     /// The address only picks the slot; the name is always compared.
+    #[inline]
     pub(crate) fn lookup(&self, name: &str) -> RouteRef {
         let i = (name.as_ptr() as usize >> 3) % HINTS;
         let slot = &self.hints[i];
         if slot.get().is_some_and(|r| &*r.name == name) {
             return RouteRef::Hint(i as u8);
         }
-        if let Some(route) = read(&self.routes).get(name) {
+        let routes = read(&self.routes);
+        if let Some(route) = routes.get(name) {
             let _ = slot.set(route.clone());
             return RouteRef::Known(route.clone());
+        }
+        // Both counts only grow: a full registry stays full, so the name
+        // need not be copied to learn that it goes to the overflow series.
+        if self.is_full(routes.len()) {
+            return RouteRef::Overflow(self.config.stops_at_headers(name));
         }
         RouteRef::New(name.into())
     }
 
+    #[inline]
+    fn is_full(&self, routes: usize) -> bool {
+        routes >= self.config.max_series
+            || self.series.load(Ordering::Relaxed) >= self.config.max_series
+    }
+
+    #[inline]
     fn hint(&self, i: u8) -> &Route {
         self.hints[usize::from(i)]
             .get()
             .expect("a hint slot is set before its index is handed out")
     }
 
+    /// Whether the clock of a request on `route` stops at the headers.
+    fn stops_at_headers(&self, route: &RouteRef) -> bool {
+        match route {
+            RouteRef::Hint(i) => self.hint(*i).stop_at_headers,
+            RouteRef::Unmatched => self.unmatched.stop_at_headers,
+            RouteRef::Known(route) => route.stop_at_headers,
+            RouteRef::Overflow(stop_at_headers) => *stop_at_headers,
+            RouteRef::New(name) => self.config.stops_at_headers(name),
+        }
+    }
+
     /// Admits `name` if the cap allows, else the overflow route.
-    fn admit(&self, name: Arc<str>) -> Arc<Route> {
+    fn admit(&self, name: &Arc<str>) -> Arc<Route> {
         let mut routes = write(&self.routes);
-        if let Some(route) = routes.get(&name) {
+        if let Some(route) = routes.get(name) {
             return route.clone();
         }
-        if routes.len() >= self.config.max_series
-            || self.series.load(Ordering::Relaxed) >= self.config.max_series
-        {
+        if self.is_full(routes.len()) {
             return self.overflow.clone();
         }
-        let stop_at_headers = self.config.stops_at_headers(&name);
+        let stop_at_headers = self.config.stops_at_headers(name);
         let route = Route::new(name.clone(), false, stop_at_headers, self.config.summary);
-        routes.insert(name, route.clone());
+        routes.insert(name.clone(), route.clone());
         route
     }
 
@@ -255,9 +278,10 @@ impl Registry {
         );
     }
 
-    /// The active-requests gauge for `method`, for the current recorder.
-    fn active(&self, method: u8) -> Handle<'_, Gauge> {
-        self.active[usize::from(method)].get(&|recorder| {
+    /// The active-requests gauge for `method`, for `recorder` in `slot`.
+    #[inline]
+    fn active(&self, method: u8, slot: u8, recorder: &dyn Recorder) -> Handle<'_, Gauge> {
+        self.active[usize::from(method)].get(slot, recorder, |recorder| {
             self.describe(recorder);
             let method = SharedString::const_str(METHODS[usize::from(method)]);
             let labels = vec![Label::new(self.names.method, method)];
@@ -265,14 +289,16 @@ impl Registry {
         })
     }
 
-    /// Records one finished request.
-    fn record(&self, route: RouteRef, key: SeriesKey, elapsed: Duration) {
+    /// Records one finished request, through the recorder of `slot`.
+    #[inline]
+    fn record(&self, route: &RouteRef, key: SeriesKey, elapsed: Duration, slot: u8) {
         let admitted;
         let route: &Route = match route {
             _ if key.grpc == Some(GRPC_UNIMPLEMENTED) => &self.unmatched,
-            RouteRef::Hint(i) => self.hint(i),
+            RouteRef::Hint(i) => self.hint(*i),
             RouteRef::Unmatched => &self.unmatched,
-            RouteRef::Known(ref route) => route,
+            RouteRef::Overflow(_) => &self.overflow,
+            RouteRef::Known(route) => route,
             RouteRef::New(name) => {
                 admitted = self.admit(name);
                 &admitted
@@ -281,27 +307,45 @@ impl Registry {
         if let Some(summary) = &route.summary {
             summary.record(elapsed);
         }
-        self.record_series(route, key, elapsed.as_secs_f64());
+        self.record_series(route, key, elapsed.as_secs_f64(), slot);
     }
 
-    fn record_series(&self, route: &Route, key: SeriesKey, seconds: f64) {
-        let record = |series: &Series| {
-            let histogram = series.histogram.get(&|recorder| {
+    #[inline]
+    fn record_series(&self, route: &Route, key: SeriesKey, seconds: f64, slot: u8) {
+        let found = route.with_series(key, |series| match series.histogram.resolved(slot) {
+            Some(histogram) => histogram.record(seconds),
+            None => self.resolve(route, series, seconds),
+        });
+        if found.is_none() {
+            self.add_series(route, key, seconds, slot);
+        }
+    }
+
+    /// The first sample of a series for a recorder, or one for a spare
+    /// recorder: resolves its histogram through the recorder current now.
+    #[cold]
+    fn resolve(&self, route: &Route, series: &Series, seconds: f64) {
+        metrics::with_recorder(|recorder| {
+            let slot = self.recorders.slot(recorder);
+            let histogram = series.histogram.get(slot, recorder, |recorder| {
                 self.describe(recorder);
                 let labels = if route.overflow {
                     vec![Label::new(self.names.overflow, "true")]
                 } else {
-                    key.labels(self.names, SharedString::from(route.name.clone()))
+                    series
+                        .key
+                        .labels(self.names, SharedString::from(route.name.clone()))
                 };
                 let key = Key::from_parts(self.names.duration, labels);
                 recorder.register_histogram(&key, &METADATA)
             });
             histogram.record(seconds);
-        };
-        if route.with_series(key, record).is_some() {
-            return;
-        }
-        // First sample of this label set: admit it under the cap.
+        });
+    }
+
+    /// The first sample of a label set: admits it under the cap.
+    #[cold]
+    fn add_series(&self, route: &Route, key: SeriesKey, seconds: f64, slot: u8) {
         let max = self.config.max_series;
         let admit = || {
             route.overflow
@@ -313,9 +357,9 @@ impl Registry {
                     .is_ok()
         };
         if route.add_series(key, admit) {
-            route.with_series(key, record);
+            route.with_series(key, |series| self.resolve(route, series, seconds));
         } else {
-            self.record_series(&self.overflow, key, seconds);
+            self.record_series(&self.overflow, key, seconds, slot);
         }
     }
 
@@ -343,21 +387,33 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 /// response future into the body, finished once. Dropping it unfinished
 /// records the request as cancelled; dropping it always ends the request in
 /// the active-requests gauge, so the gauge cannot leak.
+///
+/// The request is counted by the recorder current when it entered: its
+/// handle slot is found once, then every handle is one atomic load away.
+/// (The first sample of a series for a recorder is resolved through the
+/// recorder current when the request ends, the same one unless a test
+/// swaps recorders mid-request.)
 #[derive(Debug)]
 pub(crate) struct Recording {
     registry: Arc<Registry>,
-    route: Option<RouteRef>,
     start: Instant,
-    active: Active,
-    key: SeriesKey,
-    grpc: bool,
-    head: bool,
+    route: RouteRef,
+    /// The active-requests gauge of a spare recorder (boxed: the rare
+    /// path); `None` when it is in write-once slot `slot`.
+    spare: Option<Box<Gauge>>,
     /// Nanoseconds to the response headers, when the clock stopped there
     /// (`u64::MAX` while it runs).
     stopped: u64,
+    key: SeriesKey,
+    slot: u8,
+    grpc: bool,
+    head: bool,
+    stop_at_headers: bool,
+    finished: bool,
 }
 
 impl Recording {
+    #[inline]
     pub(crate) fn start(
         registry: Arc<Registry>,
         route: RouteRef,
@@ -366,30 +422,39 @@ impl Recording {
         head: bool,
         start: Instant,
     ) -> Self {
-        let active = match registry.active(method) {
-            Handle::Fixed(gauge, slot) => {
-                gauge.increment(1.0);
-                Active::Fixed(slot)
+        let (slot, spare) = metrics::with_recorder(|recorder| {
+            let slot = registry.recorders.slot(recorder);
+            match registry.active(method, slot, recorder) {
+                Handle::Fixed(gauge) => {
+                    gauge.increment(1.0);
+                    (slot, None)
+                }
+                Handle::Spare(gauge) => {
+                    gauge.increment(1.0);
+                    (slot, Some(Box::new(gauge)))
+                }
             }
-            Handle::Spare(gauge) => {
-                gauge.increment(1.0);
-                Active::Spare(Box::new(gauge))
-            }
-        };
+        });
         Self {
+            // Routes only matter when some are configured.
+            stop_at_headers: registry.config.stop_at_headers
+                || (!registry.config.stop_at_headers_routes.is_empty()
+                    && registry.stops_at_headers(&route)),
             registry,
-            route: Some(route),
             start,
-            active,
+            route,
+            spare,
+            stopped: u64::MAX,
             key: SeriesKey {
                 method,
                 status: None,
                 grpc: None,
                 failure: None,
             },
+            slot,
             grpc,
             head,
-            stopped: u64::MAX,
+            finished: false,
         }
     }
 
@@ -398,19 +463,18 @@ impl Recording {
     }
 
     /// The response headers arrived.
+    #[inline]
     pub(crate) fn headers(&mut self, status: StatusCode, grpc_status: Option<u8>) {
         self.key.status = Some(status);
         if self.grpc {
             self.key.grpc = grpc_status;
         }
-        if let Some(route) = &self.route {
-            if route.stop_at_headers(&self.registry) {
-                let nanos = self.start.elapsed().as_nanos();
-                self.stopped = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
-                // Only a gRPC status still to come in trailers holds the record back.
-                if !self.grpc || grpc_status.is_some() {
-                    self.finish();
-                }
+        if self.stop_at_headers && !self.finished {
+            let nanos = self.start.elapsed().as_nanos();
+            self.stopped = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
+            // Only a gRPC status still to come in trailers holds the record back.
+            if !self.grpc || grpc_status.is_some() {
+                self.finish();
             }
         }
     }
@@ -423,7 +487,7 @@ impl Recording {
     }
 
     pub(crate) fn fail(&mut self, failure: Failure) {
-        if self.route.is_some() {
+        if !self.finished {
             self.key.failure = Some(failure);
             self.finish();
         }
@@ -431,19 +495,22 @@ impl Recording {
 
     /// Records the request, once.
     pub(crate) fn finish(&mut self) {
-        if let Some(route) = self.route.take() {
-            if self.grpc && self.key.grpc.is_none() && self.key.failure.is_none() {
-                // A gRPC response that ended without a status.
-                if self.key.status == Some(StatusCode::OK) {
-                    self.key.failure = Some(Failure::Service);
-                }
-            }
-            let elapsed = match self.stopped {
-                u64::MAX => self.start.elapsed(),
-                nanos => Duration::from_nanos(nanos),
-            };
-            self.registry.record(route, self.key, elapsed);
+        if self.finished {
+            return;
         }
+        self.finished = true;
+        if self.grpc && self.key.grpc.is_none() && self.key.failure.is_none() {
+            // A gRPC response that ended without a status.
+            if self.key.status == Some(StatusCode::OK) {
+                self.key.failure = Some(Failure::Service);
+            }
+        }
+        let elapsed = match self.stopped {
+            u64::MAX => self.start.elapsed(),
+            nanos => Duration::from_nanos(nanos),
+        };
+        self.registry
+            .record(&self.route, self.key, elapsed, self.slot);
     }
 }
 
@@ -451,26 +518,79 @@ impl Drop for Recording {
     fn drop(&mut self) {
         // hyper drops a HEAD response's body unpolled: that is its end.
         let ended = self.head && self.key.status.is_some();
-        if self.route.is_some() && !ended {
+        if !self.finished && !ended {
             self.key.failure = Some(Failure::Cancelled);
         }
         self.finish();
         // The gauge incremented when the request entered, whatever the recorder is now.
-        match &self.active {
-            Active::Fixed(slot) => {
-                let gauges = &self.registry.active[usize::from(self.key.method)];
-                gauges.fixed(*slot).decrement(1.0);
-            }
-            Active::Spare(gauge) => gauge.decrement(1.0),
+        match &self.spare {
+            Some(gauge) => gauge.decrement(1.0),
+            None => self.registry.active[usize::from(self.key.method)]
+                .resolved(self.slot)
+                .expect("a fixed gauge is resolved before the request starts")
+                .decrement(1.0),
         }
     }
 }
 
-/// Which active-requests gauge a request incremented.
-#[derive(Debug)]
-enum Active {
-    /// A write-once slot of the registry's gauge handles: no clone needed.
-    Fixed(u8),
-    /// Boxed to keep the common case small: this is the rare path.
-    Spare(Box<Gauge>),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    /// Histogram samples and the gauge's change since the last call (a
+    /// snapshot drains both) in `recorder`.
+    fn seen(recorder: &DebuggingRecorder) -> (usize, f64) {
+        let mut samples = 0;
+        let mut gauge = 0.0;
+        for (_, _, _, value) in recorder.snapshotter().snapshot().into_vec() {
+            match value {
+                DebugValue::Histogram(v) => samples += v.len(),
+                DebugValue::Gauge(g) => gauge += g.into_inner(),
+                DebugValue::Counter(_) => {}
+            }
+        }
+        (samples, gauge)
+    }
+
+    #[test]
+    fn each_recorder_gets_its_requests_past_the_two_fixed_slots() {
+        let registry = Arc::new(Registry::new(Config::default()));
+        let request = || {
+            let route = registry.lookup("/r");
+            let mut recording =
+                Recording::start(registry.clone(), route, 0, false, false, Instant::now());
+            recording.headers(StatusCode::OK, None);
+            recording.finish();
+        };
+        let recorders: Vec<_> = (0..4).map(|_| DebuggingRecorder::new()).collect();
+        for _ in 0..3 {
+            for recorder in &recorders {
+                metrics::with_local_recorder(recorder, request);
+            }
+            for recorder in &recorders {
+                assert_eq!(seen(recorder), (1, 0.0));
+            }
+        }
+        // A request that entered under one recorder is counted by that one,
+        // whichever is current when it ends.
+        let (a, b) = (&recorders[0], &recorders[3]);
+        let mut open = metrics::with_local_recorder(a, || {
+            Recording::start(
+                registry.clone(),
+                registry.lookup("/r"),
+                0,
+                false,
+                false,
+                Instant::now(),
+            )
+        });
+        assert_eq!(seen(a), (0, 1.0));
+        metrics::with_local_recorder(b, || {
+            open.headers(StatusCode::OK, None);
+            open.finish();
+            drop(open);
+        });
+        assert_eq!((seen(a), seen(b)), ((1, -1.0), (0, 0.0)));
+    }
 }
