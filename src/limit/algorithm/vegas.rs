@@ -18,12 +18,17 @@ use super::{log10_step, Algorithm, Sample};
 /// |---|---|
 /// | any drop | `limit − log`, then hold |
 /// | `queue > max(beta × error, ½)` | `limit × rtt_noload / rtt + alpha × error` (at most `limit − log`), then hold |
-/// | `queue ≤ alpha × error` | `limit + log` (while holding, at most the limit decreased from − 1) |
+/// | `queue ≤ alpha × error`, the limit reached in the window | `limit + log` (while holding, at most the limit decreased from − 1) |
 /// | otherwise | `limit` |
 ///
 /// then `limit × (1 − smoothing) + new × smoothing`. *Hold*: for
 /// `hold_windows` windows after a decrease, the limit does not grow back to
 /// the limit it decreased from.
+///
+/// The limit grows only after a window in which requests reached it: the
+/// RTT of a window that never filled the limit says nothing about a higher
+/// one (TCP's congestion window validation, RFC 7661, grows the window on
+/// the same condition), so at light load the limit does not drift up.
 ///
 /// **Why the thresholds scale with the noise.** Each request of queue costs
 /// every admitted request `1 / C` of the service time (`C` the backend's
@@ -253,7 +258,7 @@ impl Algorithm for Vegas {
                     // queue (Little's law), plus alpha's worth of queue.
                     self.hold = Some((self.hold_windows, current));
                     (current * ratio + alpha).min(current - log)
-                } else if queue <= alpha {
+                } else if queue <= alpha && sample.max_in_flight >= limit {
                     (current + log).min(ceiling).max(current)
                 } else {
                     current
@@ -294,7 +299,9 @@ mod tests {
         let mut vegas = Vegas::default();
         // The first window, not at the limit, sets the no-load RTT.
         assert_eq!(vegas.update(20, &sample(10, 15, 0)), 20);
-        // No queue: grows by log10(20).
+        // No queue, but the limit was not reached: no growth.
+        assert_eq!(vegas.update(20, &sample(10, 19, 0)), 20);
+        // Reached, no queue: grows by log10(20).
         assert_eq!(vegas.update(20, &sample(10, 20, 0)), 21);
         // RTT 2x, no noise: a queue of 10.6 requests; down to the
         // concurrency served without a queue, 21.3 / 2.
