@@ -1,7 +1,8 @@
 //! The adaptive limiter's scenario suite: a deterministic simulator.
 //!
 //! A backend of `C = 16` workers (FIFO queue in front, so latency rises with
-//! queueing) serves requests whose service time is drawn from a seeded RNG;
+//! queueing; one scenario has 8, with the loopback benchmark's constant
+//! 10 ms) serves requests whose service time is drawn from a seeded RNG;
 //! an open-loop Poisson load generator drives it under tokio's paused clock.
 //! Each scenario runs against the three algorithms and four baselines (no
 //! limit, a fixed limit of C, 4C and C/4), prints one table, and asserts the
