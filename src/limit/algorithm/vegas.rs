@@ -80,7 +80,7 @@ use super::{log10_step, Algorithm, Sample};
 ///   a database of 8 connections with constant 10 ms queries under 2×
 ///   overload settles at a limit of 12 and a p99 1.6× the no-load p99
 ///   (1.2× with these, at the goodput of a fixed limit of 8; the loopback
-///   benchmark measured 1.63× before, 1.03–1.14× after).
+///   benchmark measured 1.63–1.73× before, 1.03–1.14× after).
 /// - Netflix resets the no-load RTT to the current RTT on a probe, which
 ///   under sustained overload is a queued RTT, so a limiter started far
 ///   above capacity settles at several times the backend's concurrency
