@@ -40,14 +40,16 @@
 //!
 //! [`Vegas`] is the default because it is the one that meets every target of
 //! the scenario suite (`tests/limit_scenarios.rs`; results in
-//! `docs/limit-scenarios.md`): it holds the queue at a few requests, so under
-//! 2× overload it keeps about 100 % of capacity with admitted p99 within
-//! 15 % of the no-load p99, while [`Gradient2`] lets the RTT grow by its
-//! tolerance (p99 +40 %) and [`Aimd`] only backs off on errors (p99 2.4×).
-//! It also reacts to drops, so it settles near a backend's real concurrency
-//! when the backend answers 503 past it. Two changes to Netflix's Vegas
-//! (see [`Vegas`]) let it converge from a limit far above capacity under
-//! overload as well.
+//! `docs/limit-scenarios.md`): it holds the queue no larger than its RTT
+//! measurements can tell from noise (a few requests when service times vary,
+//! none when they are steady), so under 2× overload it keeps 95–100 % of
+//! capacity with admitted p99 within 20 % of the no-load p99, while
+//! [`Gradient2`] lets the RTT grow by its tolerance (p99 +40 %) and [`Aimd`]
+//! only backs off on errors (p99 2.4×). It also reacts to drops, so it
+//! settles near a backend's real concurrency when the backend answers 503
+//! past it. Three changes to Netflix's Vegas (see [`Vegas`]) size its queue
+//! band by the noise and let it converge from a limit far above capacity
+//! under overload.
 //!
 //! # Example
 //!

@@ -95,6 +95,8 @@ pub(crate) struct Accumulator {
     samples: usize,
     drops: usize,
     sum: Duration,
+    /// Sum of squared RTTs, in seconds², for the standard deviation.
+    sum_sq: f64,
     min: Duration,
     max_in_flight: usize,
     /// Successful RTTs, kept only for percentile windows; allocated once.
@@ -114,6 +116,7 @@ impl Accumulator {
             samples: 0,
             drops: 0,
             sum: Duration::ZERO,
+            sum_sq: 0.0,
             min: Duration::MAX,
             max_in_flight: 0,
             rtts: Vec::with_capacity(keep),
@@ -135,6 +138,7 @@ impl Accumulator {
             self.drops += 1;
         } else {
             self.sum = self.sum.saturating_add(rtt);
+            self.sum_sq += rtt.as_secs_f64().powi(2);
             self.min = self.min.min(rtt);
             if self.rtts.len() < self.rtts.capacity() {
                 self.rtts.push(rtt);
@@ -156,9 +160,19 @@ impl Accumulator {
                 *self.rtts.select_nth_unstable(rank - 1).1
             }
         };
+        let std_dev = if ok < 2 {
+            0.0
+        } else {
+            let n = ok as f64;
+            let mean = self.sum.as_secs_f64() / n;
+            ((self.sum_sq - n * mean * mean) / (n - 1.0))
+                .max(0.0)
+                .sqrt()
+        };
         let sample = Sample {
             rtt,
             min_rtt: if ok == 0 { Duration::ZERO } else { self.min },
+            rtt_std_dev: Duration::try_from_secs_f64(std_dev).unwrap_or(Duration::MAX),
             max_in_flight: self.max_in_flight,
             samples: self.samples,
             drops: self.drops,
@@ -167,6 +181,7 @@ impl Accumulator {
         self.samples = 0;
         self.drops = 0;
         self.sum = Duration::ZERO;
+        self.sum_sq = 0.0;
         self.min = Duration::MAX;
         self.max_in_flight = 0;
         self.rtts.clear();
@@ -193,6 +208,10 @@ mod tests {
             (s.rtt, s.min_rtt, s.max_in_flight, s.samples, s.drops),
             (15 * MS, 10 * MS, 3, 3, 1)
         );
+        // Sample standard deviation of 10 and 20 ms.
+        let sd = s.rtt_std_dev.as_secs_f64() * 1000.0;
+        assert!((sd - 50f64.sqrt()).abs() < 1e-6, "{sd}");
+        assert!((s.relative_error() - sd / 15.0 / 2f64.sqrt()).abs() < 1e-9);
         // Old enough (from its first request) and two samples: closes.
         assert_eq!(acc.add(t0 + 100 * MS, MS, 1, true), None);
         let s = acc.add(t0 + 200 * MS, MS, 1, true).unwrap();

@@ -116,6 +116,7 @@ mod tests {
         Sample {
             rtt: Duration::from_millis(rtt_ms),
             min_rtt: Duration::from_millis(rtt_ms),
+            rtt_std_dev: Duration::ZERO,
             max_in_flight: in_flight,
             samples: 10,
             drops: 0,

@@ -26,6 +26,9 @@ pub struct Sample {
     pub rtt: Duration,
     /// The lowest RTT in the window; zero when every request was dropped.
     pub min_rtt: Duration,
+    /// The standard deviation of the successful requests' RTTs; zero with
+    /// fewer than two of them.
+    pub rtt_std_dev: Duration,
     /// The highest in-flight count seen when a request of the window started
     /// (the request itself included).
     pub max_in_flight: usize,
@@ -41,6 +44,18 @@ impl Sample {
     /// nothing about a higher limit.
     pub fn app_limited(&self, limit: usize) -> bool {
         self.max_in_flight * 2 < limit
+    }
+
+    /// The standard error of the window's mean RTT relative to its RTT
+    /// (`rtt_std_dev / (rtt × √n)` over the `n` successful requests): how
+    /// far the window's RTT is from the backend's true mean by chance alone.
+    /// Zero when the RTT is zero.
+    pub fn relative_error(&self) -> f64 {
+        let ok = self.samples.saturating_sub(self.drops);
+        if self.rtt.is_zero() || ok == 0 {
+            return 0.0;
+        }
+        self.rtt_std_dev.as_secs_f64() / (self.rtt.as_secs_f64() * (ok as f64).sqrt())
     }
 }
 
