@@ -52,23 +52,30 @@ mod tests {
 
     #[test]
     fn measures_a_named_thread() {
-        let spin = std::thread::Builder::new()
-            .name("lb-cpu-test".into())
-            .spawn(|| {
-                let start = std::time::Instant::now();
-                let mut x = 0u64;
-                while start.elapsed() < Duration::from_millis(50) {
-                    x = x.wrapping_add(std::hint::black_box(1));
-                }
-                let t = time("lb-cpu-test");
-                (x, t)
-            })
-            .unwrap();
-        let (_, t) = spin.join().unwrap();
         let supported = fs::read_to_string("/proc/self/schedstat")
             .ok()
             .and_then(|s| parse_schedstat(&s))
             .is_some_and(|ns| ns > 0);
+        let spin = std::thread::Builder::new()
+            .name("lb-cpu-test".into())
+            .spawn(move || {
+                // Spin until the thread has had 10 ms of CPU (not of wall
+                // time: a loaded machine may give it little), or 10 s pass.
+                let start = std::time::Instant::now();
+                let mut x = 0u64;
+                loop {
+                    for _ in 0..100_000 {
+                        x = x.wrapping_add(std::hint::black_box(1));
+                    }
+                    let t = time("lb-cpu-test");
+                    let enough = t.is_some_and(|t| t > Duration::from_millis(10));
+                    if !supported || enough || start.elapsed() > Duration::from_secs(10) {
+                        return (x, t);
+                    }
+                }
+            })
+            .unwrap();
+        let (_, t) = spin.join().unwrap();
         if supported {
             assert!(t.is_some_and(|t| t > Duration::from_millis(5)), "{t:?}");
         } else {
