@@ -17,7 +17,7 @@ use super::{
     layer::Config,
     CoalesceLayer,
 };
-use crate::key::{Key, RequestHead};
+use crate::key::{Key, KeySink, RequestHead};
 
 /// Identical in-flight `GET`/`HEAD` requests share one call of the inner
 /// service. Built by [`CoalesceLayer`]; see the [module docs](crate::coalesce).
@@ -82,8 +82,9 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let shared = &self.shared;
-        let join = match classify(&shared.config, &req) {
-            Class::Key(key) => shared.join(key),
+        let mut key = KeyBuf::new();
+        let join = match classify(&shared.config, &req, &mut key) {
+            Class::Key => shared.join(key.as_bytes()),
             Class::Bypass => Join::Bypass,
             Class::Write(target) => {
                 shared.counters.bypass.increment(1);
@@ -122,8 +123,8 @@ where
 }
 
 enum Class {
-    /// A coalescable read.
-    Key(Key),
+    /// A coalescable read (its key is in the caller's buffer).
+    Key,
     /// Passed through untouched.
     Bypass,
     /// An unsafe method, with the key of its target (when it has one).
@@ -140,7 +141,7 @@ const CONDITIONAL: [header::HeaderName; 6] = [
     header::IF_UNMODIFIED_SINCE,
 ];
 
-fn classify<B: Body>(config: &Config, req: &Request<B>) -> Class {
+fn classify<B: Body>(config: &Config, req: &Request<B>, key: &mut KeyBuf) -> Class {
     let method = req.method();
     if method != Method::GET && method != Method::HEAD {
         let safe = method == Method::OPTIONS || method == Method::TRACE;
@@ -163,10 +164,55 @@ fn classify<B: Body>(config: &Config, req: &Request<B>) -> Class {
     }
     match config
         .key
-        .key(&RequestHead::from_request(req), Some(method))
+        .write_key(&RequestHead::from_request(req), Some(method), key)
     {
-        Some(key) => Class::Key(key),
+        Some(()) => Class::Key,
         None => Class::Bypass,
+    }
+}
+
+/// A request key being built: on the stack while it fits (most keys), so
+/// only a leader, which keeps its key, may allocate for it.
+pub(crate) struct KeyBuf {
+    inline: [u8; KeyBuf::INLINE],
+    /// The key's length; beyond `INLINE` the key is in `spilled`.
+    len: usize,
+    spilled: Vec<u8>,
+}
+
+impl KeyBuf {
+    const INLINE: usize = 256;
+
+    fn new() -> Self {
+        Self {
+            inline: [0; Self::INLINE],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self.inline.get(..self.len) {
+            Some(key) => key,
+            None => &self.spilled,
+        }
+    }
+}
+
+impl KeySink for KeyBuf {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        match self.inline.get_mut(self.len..end) {
+            Some(slot) => slot.copy_from_slice(bytes),
+            None => {
+                if self.len <= Self::INLINE {
+                    self.spilled.extend_from_slice(&self.inline[..self.len]);
+                }
+                self.spilled.extend_from_slice(bytes);
+            }
+        }
+        self.len = end;
     }
 }
 
