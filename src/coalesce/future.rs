@@ -240,14 +240,18 @@ where
         // A panic inside the inner service must not leave the followers
         // waiting: it is caught here, and dropping the publisher closes
         // their channels and clears the key.
-        let caught = catch_unwind(AssertUnwindSafe(|| loop {
+        loop {
             match &mut self.state {
                 Lead::Calling(fut) => {
-                    let Poll::Ready(res) = fut.as_mut().poll(cx) else {
-                        if !std::mem::replace(&mut self.waited, true) {
-                            self.publisher.as_ref().expect("publishes once").waiting();
+                    let res = match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+                        Ok(Poll::Ready(res)) => res,
+                        Ok(Poll::Pending) => {
+                            if !std::mem::replace(&mut self.waited, true) {
+                                self.publisher.as_ref().expect("publishes once").waiting();
+                            }
+                            return Poll::Pending;
                         }
-                        return Poll::Pending;
+                        Err(payload) => return Poll::Ready(Ok(self.panicked(payload))),
                     };
                     self.state = Lead::Done;
                     let publisher = self.publisher.as_mut().expect("publishes once");
@@ -261,31 +265,36 @@ where
                     }
                 }
                 Lead::Collecting(collecting) => {
-                    let capped = ready!(collecting.1.as_mut().poll(cx));
+                    let body = &mut collecting.1;
+                    let capped = match catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(cx))) {
+                        Ok(Poll::Ready(capped)) => capped,
+                        Ok(Poll::Pending) => return Poll::Pending,
+                        Err(payload) => return Poll::Ready(Ok(self.panicked(payload))),
+                    };
                     let Lead::Collecting(collecting) =
                         std::mem::replace(&mut self.state, Lead::Done)
                     else {
                         unreachable!("matched above")
                     };
-                    let parts = collecting.0;
                     let publisher = self.publisher.take().expect("publishes once");
-                    return Poll::Ready(Ok(match collected(parts, capped, publisher) {
+                    return Poll::Ready(Ok(match collected(collecting.0, capped, publisher) {
                         Led::Shared(shared) => response(shared),
                         Led::Own(res) => res,
                     }));
                 }
                 Lead::Done => panic!("polled after completion"),
             }
-        }));
-        match caught {
-            Ok(poll) => poll,
-            Err(payload) => {
-                self.state = Lead::Done;
-                let on_panic = self.publisher.as_ref().map(|p| p.shared().config.on_panic);
-                self.publisher = None;
-                Poll::Ready(Ok(panicked(on_panic.unwrap_or_default(), Some(payload))))
-            }
         }
+    }
+
+    /// The call panicked: its followers learn it as their channels close.
+    #[cold]
+    fn panicked(&mut self, payload: Box<dyn Any + Send>) -> Response<CoalesceBody<B>> {
+        self.state = Lead::Done;
+        let publisher = self.publisher.take().expect("publishes once");
+        let on_panic = publisher.shared().config.on_panic;
+        drop(publisher);
+        panicked(on_panic, Some(payload))
     }
 }
 
@@ -303,6 +312,7 @@ enum Led<B: Body> {
 /// nobody waiting: the uncontended case, streamed through untouched),
 /// `Continue` with the buffering of the body for the followers.
 #[allow(clippy::type_complexity)]
+#[inline]
 fn called<B, E>(
     res: Result<Response<B>, E>,
     publisher: &mut Publisher,
