@@ -18,8 +18,9 @@ use tokio::{sync::oneshot, task::AbortHandle, time::Instant};
 use super::layer::Config;
 use crate::{body::Collected, key::Key};
 
-/// The map is swept of expired hit-for-miss markers when it doubles past
-/// this size, and at least once per hit-for-miss period.
+/// The map is swept of expired hit-for-miss markers and idle entries when it
+/// doubles past this size, and at least once per hit-for-miss period where
+/// the clock is read (a call that waits, a follower, a new marker).
 const MIN_SWEEP: usize = 1024;
 /// Beyond this many tracked keys no hit-for-miss marker is added: a flood of
 /// distinct uncacheable URLs costs bounded memory (the keys just lose the
@@ -131,8 +132,8 @@ enum State {
     Idle,
 }
 
-/// Hands a precomputed hash (SipHash with per-layer random keys, computed
-/// outside the lock, so hostile URLs cannot collide on purpose) to the map.
+/// Hands a precomputed hash ([`Shared::hash`], computed outside the lock) to
+/// the map.
 #[derive(Default)]
 struct Prehashed(u64);
 
@@ -245,9 +246,7 @@ impl Shared {
     /// long to be kept inline, and no clock read unless the key is in flight
     /// or remembered as hit-for-miss.
     pub(crate) fn join(self: &Arc<Self>, key: &[u8]) -> Join {
-        let mut hasher = self.hasher.build_hasher();
-        hasher.write(key);
-        let hash = hasher.finish();
+        let hash = self.hash(key);
         let mut guard = lock(&self.map);
         let map = &mut *guard;
         let id = map.next_id;
@@ -358,6 +357,14 @@ impl Shared {
             .filter(|e| matches!(e.state, State::Flight(_)))
             .count();
         keyed + map.displaced.len()
+    }
+
+    /// SipHash with per-layer random keys, so hostile URLs cannot collide
+    /// on purpose (a collision would keep a hot key from coalescing).
+    fn hash(&self, key: &[u8]) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        hasher.write(key);
+        hasher.finish()
     }
 
     /// Whether `flight` still takes followers (younger than the leader age
@@ -605,5 +612,146 @@ impl std::fmt::Debug for Waiter {
         f.debug_struct("Waiter")
             .field("flight", &self.flight)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"GET http://example.com/a";
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared::new(Config::default()))
+    }
+
+    fn lead(shared: &Arc<Shared>, key: &[u8]) -> Publisher {
+        match shared.join(key) {
+            Join::Lead(publisher) => publisher,
+            _ => panic!("expected to lead"),
+        }
+    }
+
+    fn follow(shared: &Arc<Shared>, key: &[u8]) -> (Waiter, oneshot::Receiver<Outcome>) {
+        match shared.join(key) {
+            Join::Follow(waiter, rx) => (waiter, rx),
+            _ => panic!("expected to follow"),
+        }
+    }
+
+    fn entries(shared: &Shared) -> usize {
+        lock(&shared.map).entries.len()
+    }
+
+    #[test]
+    fn a_key_colliding_with_another_in_flight_goes_upstream_alone() {
+        let shared = shared();
+        let other = b"GET http://example.com/b";
+        let hash = shared.hash(KEY);
+        lock(&shared.map).entries.insert(
+            hash,
+            Entry {
+                key: StoredKey::new(other),
+                state: State::Flight(Flight::new(u64::MAX)),
+            },
+        );
+        assert!(matches!(shared.join(KEY), Join::Bypass));
+    }
+
+    #[test]
+    fn keys_are_kept_inline_or_on_the_heap_and_compared_in_full() {
+        for len in [
+            0,
+            1,
+            StoredKey::INLINE - 1,
+            StoredKey::INLINE,
+            StoredKey::INLINE + 1,
+            4096,
+        ] {
+            let key = vec![b'k'; len];
+            let stored = StoredKey::new(&key);
+            assert_eq!(stored.as_bytes(), &key[..]);
+            assert_eq!(
+                matches!(stored, StoredKey::Heap(_)),
+                len > StoredKey::INLINE
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_leader_leaves_an_idle_entry_that_the_next_request_reuses() {
+        let shared = shared();
+        let mut publisher = lead(&shared, KEY);
+        assert!(publisher.retire_if_alone());
+        drop(publisher);
+        assert_eq!((shared.len(), entries(&shared)), (0, 1));
+        // The key leads again, in the same entry.
+        let publisher = lead(&shared, KEY);
+        assert_eq!((shared.len(), entries(&shared)), (1, 1));
+        drop(publisher);
+        // Dropped without an outcome (a panic): the key is cleared.
+        assert_eq!((shared.len(), shared.flights()), (0, 0));
+        // The periodic sweep drops idle entries.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        lock(&shared.map).sweep(Instant::now(), shared.sweep_period());
+        assert_eq!(entries(&shared), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_keeps_a_lone_leader_from_retiring_alone() {
+        let shared = shared();
+        let mut publisher = lead(&shared, KEY);
+        let (waiter, mut rx) = follow(&shared, KEY);
+        assert!(!publisher.retire_if_alone());
+        publisher.publish(Outcome::Failed);
+        assert!(matches!(rx.try_recv(), Ok(Outcome::Failed)));
+        waiter.finished();
+        assert_eq!((shared.len(), shared.flights()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn displaced_flights_still_answer_their_followers_then_go() {
+        let shared = shared();
+        let mut first = lead(&shared, KEY);
+        let (waiter, mut rx) = follow(&shared, KEY);
+        // A write to the target displaces the flight: new requests lead anew.
+        shared.forget(&Key::from("http://example.com/a"));
+        let mut second = lead(&shared, KEY);
+        assert_eq!(shared.flights(), 2);
+        first.publish(Outcome::Release);
+        assert!(matches!(rx.try_recv(), Ok(Outcome::Release)));
+        drop(waiter);
+        assert_eq!(shared.flights(), 1);
+        // The displaced flight's release left no hit-for-miss marker on the
+        // key, which belongs to the second flight.
+        assert!(second.retire_if_alone());
+        assert_eq!((shared.len(), shared.flights()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leader_age_counts_from_the_first_wait_or_follower() {
+        let age = Config::default().max_leader_age;
+        // A call that waited is too old to follow once past the age limit.
+        let shared = shared();
+        let publisher = lead(&shared, KEY);
+        publisher.waiting();
+        tokio::time::advance(age).await;
+        let replacing = lead(&shared, KEY);
+        assert_eq!(shared.flights(), 2);
+        drop((publisher, replacing));
+        assert_eq!(shared.flights(), 0);
+
+        // A call that has not waited yet (not polled) starts its clock with
+        // its first follower.
+        let shared = self::shared();
+        let publisher = lead(&shared, KEY);
+        tokio::time::advance(age).await;
+        let (first, _rx) = follow(&shared, KEY);
+        tokio::time::advance(age / 2).await;
+        let (second, _rx2) = follow(&shared, KEY);
+        tokio::time::advance(age / 2).await;
+        let replacing = lead(&shared, KEY);
+        drop((publisher, first, second, replacing));
+        assert_eq!(shared.flights(), 0);
     }
 }

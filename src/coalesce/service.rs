@@ -226,3 +226,28 @@ fn write_target<B>(config: &Config, req: &Request<B>) -> Option<Key> {
         None => Some(key),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KeyOptions;
+
+    #[test]
+    fn keys_built_on_the_stack_match_owned_keys_at_every_length() {
+        let options = KeyOptions::new().header(header::ACCEPT_LANGUAGE);
+        // Across the inline capacity, byte by byte.
+        for len in (0..2).chain(180..KeyBuf::INLINE + 10).chain([5000]) {
+            let req = Request::get(format!("http://example.com/{}", "p".repeat(len)))
+                .header(header::ACCEPT_LANGUAGE, "fr")
+                .body(())
+                .unwrap();
+            let head = RequestHead::from_request(&req);
+            let mut buf = KeyBuf::new();
+            options
+                .write_key(&head, Some(&Method::GET), &mut buf)
+                .unwrap();
+            let owned = options.key(&head, Some(&Method::GET)).unwrap();
+            assert_eq!(buf.as_bytes(), owned.as_bytes(), "length {len}");
+        }
+    }
+}
