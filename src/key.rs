@@ -20,7 +20,7 @@
 use std::{fmt, sync::Arc};
 
 use bytes::Bytes;
-use http::{header::HOST, Extensions, HeaderMap, HeaderName, Method, Request, Uri};
+use http::{header::HOST, Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 
 /// A borrowed view of a request's head, given to custom key functions.
 #[derive(Debug, Clone, Copy)]
@@ -200,6 +200,18 @@ impl KeyOptions {
         method: Option<&Method>,
         out: &mut impl KeySink,
     ) -> Option<()> {
+        self.write_key_with_host(head, method, || head.headers.get(HOST), out)
+    }
+
+    /// [`write_key`](Self::write_key) with the request's `Host` header at
+    /// hand (a layer that already went through the headers saves a lookup).
+    pub(crate) fn write_key_with_host<'h>(
+        &self,
+        head: &RequestHead<'h>,
+        method: Option<&Method>,
+        host: impl FnOnce() -> Option<&'h HeaderValue>,
+        out: &mut impl KeySink,
+    ) -> Option<()> {
         if let Some(method) = method {
             out.put(method.as_str().as_bytes());
             out.put(b" ");
@@ -208,7 +220,7 @@ impl KeyOptions {
             out.put(f(head)?.as_bytes());
             return Some(());
         }
-        self.write_target(head.uri, head.headers, out);
+        self.write_target(head.uri, host, out);
         for name in self.headers.iter() {
             out.put(b"\n");
             out.put(name.as_str().as_bytes());
@@ -227,17 +239,22 @@ impl KeyOptions {
     /// `headers` (used for invalidation of `Location` / `Content-Location`).
     pub fn target_key(&self, uri: &Uri, headers: &HeaderMap) -> Key {
         let mut out = Vec::with_capacity(64 + uri.path().len());
-        self.write_target(uri, headers, &mut out);
+        self.write_target(uri, || headers.get(HOST), &mut out);
         Key(out.into())
     }
 
-    fn write_target(&self, uri: &Uri, headers: &HeaderMap, out: &mut impl KeySink) {
+    fn write_target<'h>(
+        &self,
+        uri: &Uri,
+        host: impl FnOnce() -> Option<&'h HeaderValue>,
+        out: &mut impl KeySink,
+    ) {
         out.put(uri.scheme_str().unwrap_or("http").as_bytes());
         out.put(b"://");
         match uri.authority() {
             Some(authority) => out.put(authority.as_str().as_bytes()),
             None => {
-                if let Some(host) = headers.get(HOST) {
+                if let Some(host) = host() {
                     out.put(host.as_bytes());
                 }
             }

@@ -153,18 +153,24 @@ fn classify<B: Body>(config: &Config, req: &Request<B>, key: &mut KeyBuf) -> Cla
     }
     let body = req.body();
     let empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
-    // One pass over the (few) request headers rather than eight lookups.
+    // One pass over the (few) request headers rather than nine lookups.
     let credentials = config.bypass_credentials;
-    let differs = req.headers().keys().any(|name| {
+    let mut host = None;
+    let differs = req.headers().iter().any(|(name, value)| {
+        if name == header::HOST && host.is_none() {
+            // The first, as `HeaderMap::get` has it.
+            host = Some(value);
+        }
         CONDITIONAL.contains(name)
             || (credentials && (name == header::AUTHORIZATION || name == header::COOKIE))
     });
     if !empty || differs {
         return Class::Bypass;
     }
+    let head = RequestHead::from_request(req);
     match config
         .key
-        .write_key(&RequestHead::from_request(req), Some(method), key)
+        .write_key_with_host(&head, Some(method), || host, key)
     {
         Some(()) => Class::Key,
         None => Class::Bypass,
@@ -249,5 +255,23 @@ mod tests {
             let owned = options.key(&head, Some(&Method::GET)).unwrap();
             assert_eq!(buf.as_bytes(), owned.as_bytes(), "length {len}");
         }
+    }
+
+    #[test]
+    fn origin_form_requests_are_keyed_with_their_first_host() {
+        let config = Config::default();
+        let req = Request::get("/items?x=1")
+            .header(header::ACCEPT, "*/*")
+            .header(header::HOST, "example.com")
+            .header(header::HOST, "other.example")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let mut buf = KeyBuf::new();
+        assert!(matches!(classify(&config, &req, &mut buf), Class::Key));
+        assert_eq!(buf.as_bytes(), b"GET http://example.com/items?x=1");
+        let owned = config
+            .key
+            .key(&RequestHead::from_request(&req), Some(&Method::GET));
+        assert_eq!(buf.as_bytes(), owned.unwrap().as_bytes());
     }
 }
