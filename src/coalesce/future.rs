@@ -391,7 +391,8 @@ where
     Continue(Box::new((parts, Box::pin(collect_capped(body, cap)))))
 }
 
-/// The body was buffered (or found too large): shares it with the followers.
+/// The body was buffered (or found too large): shares it with the followers
+/// if the policy agrees, releases them otherwise.
 fn collected<B: Body, P: Policy>(
     parts: Parts,
     capped: Capped<B>,
