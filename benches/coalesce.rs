@@ -6,6 +6,12 @@
 //!   leader's handler returning to the last waiter holding its response.
 //!
 //! `cargo bench --bench coalesce -- --warm-up-time 1 --measurement-time 3`
+//!
+//! Instruction counts (stable on a noisy machine): `COALESCE_SEQUENTIAL=variant:n`
+//! runs `n` sequential requests of one variant (`bare`, `coalesce`, `post`)
+//! and exits; the difference between two runs under
+//! `valgrind --tool=callgrind` divided by the difference in `n` is the cost
+//! of one request, without the runtime's setup.
 
 use std::{
     collections::BTreeMap,
@@ -15,7 +21,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::watch;
@@ -218,4 +224,30 @@ fn fan_out(c: &mut Criterion) {
 }
 
 criterion_group!(benches, uncontended, fan_out);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("COALESCE_SEQUENTIAL") {
+        return sequential_only(&spec);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
+
+/// `variant:n`: `n` sequential requests, for instruction counts.
+fn sequential_only(spec: &str) {
+    let (variant, n) = spec.split_once(':').expect("COALESCE_SEQUENTIAL=variant:n");
+    let n: u64 = n.parse().expect("a request count");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let coalesced = CoalesceLayer::new().layer(handler());
+    rt.block_on(async {
+        match variant {
+            "bare" => sequential(handler(), Method::GET, n).await,
+            "coalesce" => sequential(coalesced, Method::GET, n).await,
+            "post" => sequential(coalesced, Method::POST, n).await,
+            other => panic!("unknown variant {other:?} (bare, coalesce, post)"),
+        }
+    });
+}

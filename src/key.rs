@@ -24,7 +24,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header::HOST, Extensions, HeaderMap, HeaderName, Method, Request, Uri};
+use http::{header::HOST, Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 
 /// A borrowed view of a request's head, given to custom key functions.
 #[derive(Debug, Clone, Copy)]
@@ -253,27 +253,53 @@ impl KeyOptions {
     /// `None` when a custom key function declines the request.
     pub fn key(&self, head: &RequestHead<'_>, method: Option<&Method>) -> Option<Key> {
         let mut out = Vec::with_capacity(64 + head.uri.path().len());
+        self.write_key(head, method, &mut out)?;
+        Some(Key::new(out.into()))
+    }
+
+    /// Writes the bytes of [`key`](Self::key) to `out` without building a
+    /// [`Key`] (the coalescing layer keys requests in a stack buffer and
+    /// allocates only the keys it keeps). `None` when a custom key function
+    /// declines the request; `out` is then left partly written.
+    pub(crate) fn write_key(
+        &self,
+        head: &RequestHead<'_>,
+        method: Option<&Method>,
+        out: &mut impl KeySink,
+    ) -> Option<()> {
+        self.write_key_with_host(head, method, || head.headers.get(HOST), out)
+    }
+
+    /// [`write_key`](Self::write_key) with the request's `Host` header at
+    /// hand (a layer that already went through the headers saves a lookup).
+    pub(crate) fn write_key_with_host<'h>(
+        &self,
+        head: &RequestHead<'h>,
+        method: Option<&Method>,
+        host: impl FnOnce() -> Option<&'h HeaderValue>,
+        out: &mut impl KeySink,
+    ) -> Option<()> {
         if let Some(method) = method {
-            out.extend_from_slice(method.as_str().as_bytes());
-            out.push(b' ');
+            out.put(method.as_str().as_bytes());
+            out.put(b" ");
         }
         if let Some(f) = &self.key_fn {
-            out.extend_from_slice(f(head)?.as_bytes());
-            return Some(Key::new(out.into()));
+            out.put(f(head)?.as_bytes());
+            return Some(());
         }
-        self.write_target(head.uri, head.headers, &mut out);
+        self.write_target(head.uri, host, out);
         for name in self.headers.iter() {
-            out.push(b'\n');
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.push(b':');
+            out.put(b"\n");
+            out.put(name.as_str().as_bytes());
+            out.put(b":");
             for (i, value) in head.headers.get_all(name).iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.put(b",");
                 }
-                out.extend_from_slice(value.as_bytes());
+                out.put(value.as_bytes());
             }
         }
-        Some(Key::new(out.into()))
+        Some(())
     }
 
     /// The key of a unary gRPC call: the request's key (see [`key`](Self::key),
@@ -307,30 +333,35 @@ impl KeyOptions {
     /// `headers` (used for invalidation of `Location` / `Content-Location`).
     pub fn target_key(&self, uri: &Uri, headers: &HeaderMap) -> Key {
         let mut out = Vec::with_capacity(64 + uri.path().len());
-        self.write_target(uri, headers, &mut out);
+        self.write_target(uri, || headers.get(HOST), &mut out);
         Key::new(out.into())
     }
 
-    fn write_target(&self, uri: &Uri, headers: &HeaderMap, out: &mut Vec<u8>) {
-        out.extend_from_slice(uri.scheme_str().unwrap_or("http").as_bytes());
-        out.extend_from_slice(b"://");
+    fn write_target<'h>(
+        &self,
+        uri: &Uri,
+        host: impl FnOnce() -> Option<&'h HeaderValue>,
+        out: &mut impl KeySink,
+    ) {
+        out.put(uri.scheme_str().unwrap_or("http").as_bytes());
+        out.put(b"://");
         match uri.authority() {
-            Some(authority) => out.extend_from_slice(authority.as_str().as_bytes()),
+            Some(authority) => out.put(authority.as_str().as_bytes()),
             None => {
-                if let Some(host) = headers.get(HOST) {
-                    out.extend_from_slice(host.as_bytes());
+                if let Some(host) = host() {
+                    out.put(host.as_bytes());
                 }
             }
         }
-        out.extend_from_slice(uri.path().as_bytes());
+        out.put(uri.path().as_bytes());
         if self.ignore_query {
             return;
         }
         let Some(query) = uri.query() else { return };
         if !self.sort_query && self.ignored_params.is_empty() {
             if !query.is_empty() {
-                out.push(b'?');
-                out.extend_from_slice(query.as_bytes());
+                out.put(b"?");
+                out.put(query.as_bytes());
             }
             return;
         }
@@ -346,9 +377,23 @@ impl KeyOptions {
             params.sort_unstable();
         }
         for (i, param) in params.iter().enumerate() {
-            out.push(if i == 0 { b'?' } else { b'&' });
-            out.extend_from_slice(param.as_bytes());
+            out.put(if i == 0 { b"?" } else { b"&" });
+            out.put(param.as_bytes());
         }
+    }
+}
+
+/// Where the bytes of a key go: a `Vec` for an owned [`Key`], or a caller's
+/// buffer that keeps only what it needs.
+pub(crate) trait KeySink {
+    /// Appends `bytes` to the key.
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl KeySink for Vec<u8> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
     }
 }
 

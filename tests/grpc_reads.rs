@@ -772,3 +772,91 @@ async fn only_instances_polled_ready_are_called() {
         .contains("hit"));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// A read's leader that goes away still answers the followers that wait for
+/// it (its call moves to a task), and a panic in its call reaches them (as
+/// `500`s) and clears the key.
+#[tokio::test(start_paused = true)]
+async fn a_read_leader_that_goes_away_or_panics_still_answers_its_followers() {
+    use http_body_util::Full;
+    use tower::ServiceExt;
+
+    fn frame(message: &[u8]) -> Bytes {
+        let mut out = vec![0];
+        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        out.extend_from_slice(message);
+        out.into()
+    }
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut roles = Roles::new(&recorder);
+    let gate = Arc::new(Semaphore::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let inner = {
+        let (gate, calls) = (gate.clone(), calls.clone());
+        tower::service_fn(move |req: Request<_>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let gate = gate.clone();
+            async move {
+                let body = BodyExt::collect(req.into_body()).await.ok().unwrap();
+                let body = body.to_bytes();
+                gate.acquire().await.unwrap().forget();
+                assert_ne!(body, frame(b"panic"), "the handler panics");
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                let body = http_body_util::StreamBody::new(futures::stream::iter([
+                    Ok::<_, std::convert::Infallible>(http_body::Frame::data(body)),
+                    Ok(http_body::Frame::trailers(trailers)),
+                ]));
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(body)
+                        .unwrap(),
+                )
+            }
+        })
+    };
+    let svc = CoalesceLayer::new().grpc_reads(reads()).layer(inner);
+    let call = |message: &[u8]| {
+        let req = Request::post(format!("http://x{GET}"))
+            .header("content-type", "application/grpc")
+            .body(Full::new(frame(message)))
+            .unwrap();
+        tokio::spawn(svc.clone().oneshot(req))
+    };
+
+    // The leader goes away once three followers wait.
+    let leader = call(b"a");
+    until("the leader joined", || roles.get("leader") == 1).await;
+    let followers: Vec<_> = (0..3).map(|_| call(b"a")).collect();
+    until("every follower joined", || roles.get("follower") == 3).await;
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    gate.add_permits(1);
+    for follower in followers {
+        let res = follower.await.unwrap().unwrap();
+        assert_eq!(res.status(), 200);
+        let out = res.into_body().collect().await.unwrap();
+        assert_eq!(out.trailers().unwrap()["grpc-status"], "0");
+        assert_eq!(out.to_bytes(), frame(b"a"));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // A panic in the leader's call: every waiter gets a 500.
+    let leader = call(b"panic");
+    until("the leader joined", || roles.get("leader") == 2).await;
+    let followers: Vec<_> = (0..3).map(|_| call(b"panic")).collect();
+    until("every follower joined", || roles.get("follower") == 6).await;
+    gate.add_permits(1);
+    for waiter in std::iter::once(leader).chain(followers) {
+        assert_eq!(waiter.await.unwrap().unwrap().status(), 500);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // The key was cleared: the next call leads.
+    gate.add_permits(1);
+    let res = call(b"panic").await.unwrap().unwrap();
+    assert_eq!(res.status(), 500);
+    assert_eq!(roles.get("leader"), 3);
+    assert_eq!(roles.get("bypass"), 0);
+}

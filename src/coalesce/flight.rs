@@ -1,16 +1,13 @@
 //! Leader/follower state: the map of in-flight keys, the flights and their
 //! waiters, and the hit-for-miss markers.
 //!
-//! Lock order: the map, then a flight's state; never the other way round, and
-//! neither is held across an `.await`.
+//! One lock guards the map and the flights in it; it is never held across an
+//! `.await`.
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState},
-    sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, Mutex, MutexGuard, PoisonError,
-    },
+    hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
@@ -21,8 +18,9 @@ use tokio::{sync::oneshot, task::AbortHandle, time::Instant};
 use super::layer::Config;
 use crate::{body::Collected, key::Key};
 
-/// The map is swept of expired hit-for-miss markers when it doubles past
-/// this size, and at least once per hit-for-miss period.
+/// The map is swept of expired hit-for-miss markers and idle entries when it
+/// doubles past this size, and at least once per hit-for-miss period where
+/// the clock is read (a call that waits, a follower, a new marker).
 const MIN_SWEEP: usize = 1024;
 /// Beyond this many tracked keys no hit-for-miss marker is added: a flood of
 /// distinct uncacheable URLs costs bounded memory (the keys just lose the
@@ -62,41 +60,80 @@ impl Counters {
 }
 
 struct Map {
-    entries: HashMap<Hashed, Entry, BuildHasherDefault<Prehashed>>,
+    /// Keyed by the hash of the request key; the full key is compared on a
+    /// hash match, and a (rare) colliding key is simply not coalesced.
+    entries: HashMap<u64, Entry, BuildHasherDefault<Prehashed>>,
+    /// Flights no longer reachable by key (replaced by a younger leader, or
+    /// forgotten after a write) whose call still goes on for their waiters,
+    /// by flight id.
+    displaced: HashMap<u64, Flight, BuildHasherDefault<Prehashed>>,
+    next_id: u64,
     sweep_at: usize,
     next_sweep: Instant,
 }
 
-enum Entry {
+struct Entry {
+    key: StoredKey,
+    state: State,
+}
+
+impl Entry {
+    fn flight(&self, id: u64) -> Option<&Flight> {
+        match &self.state {
+            State::Flight(flight) if flight.id == id => Some(flight),
+            _ => None,
+        }
+    }
+}
+
+/// A key kept in the map: inline up to `INLINE` bytes (most URLs), so an
+/// uncontended leader allocates nothing for it.
+enum StoredKey {
+    Inline {
+        len: u8,
+        bytes: [u8; StoredKey::INLINE],
+    },
+    Heap(Box<[u8]>),
+}
+
+impl StoredKey {
+    const INLINE: usize = 80;
+
+    fn new(key: &[u8]) -> Self {
+        let mut bytes = [0; Self::INLINE];
+        match bytes.get_mut(..key.len()) {
+            Some(inline) => {
+                inline.copy_from_slice(key);
+                Self::Inline {
+                    len: key.len() as u8,
+                    bytes,
+                }
+            }
+            None => Self::Heap(key.into()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Heap(bytes) => bytes,
+        }
+    }
+}
+
+enum State {
     /// A call in flight for this key.
-    Flight(Arc<Flight>),
+    Flight(Flight),
     /// Hit-for-miss: requests for this key go upstream on their own until then.
     Pass(Instant),
+    /// Nothing in flight. The entry is kept until the next sweep, so a key
+    /// requested again (a hot key) finds its entry without an insertion or
+    /// a copy of the key.
+    Idle,
 }
 
-/// A key and its hash, computed once per request (outside the lock; SipHash
-/// with per-layer random keys, so hostile URLs cannot collide on purpose).
-#[derive(Clone)]
-struct Hashed {
-    hash: u64,
-    key: Key,
-}
-
-impl PartialEq for Hashed {
-    fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.key == other.key
-    }
-}
-
-impl Eq for Hashed {}
-
-impl Hash for Hashed {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
-    }
-}
-
-/// Hands the precomputed hash of a [`Hashed`] to the map.
+/// Hands a precomputed hash ([`Shared::hash`], computed outside the lock) to
+/// the map.
 #[derive(Default)]
 struct Prehashed(u64);
 
@@ -106,7 +143,7 @@ impl Hasher for Prehashed {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used by `Hashed`; fold anything else anyway.
+        // Only `write_u64` is used (the maps are keyed by `u64`); fold anything else anyway.
         for b in bytes {
             self.0 = self.0.rotate_left(8) ^ u64::from(*b);
         }
@@ -117,23 +154,41 @@ impl Hasher for Prehashed {
     }
 }
 
-/// One upstream call and the requests waiting for it.
-pub(crate) struct Flight {
-    key: Hashed,
-    started: Instant,
-    /// The leader (until its future is dropped) plus the followers still waiting.
-    waiters: AtomicUsize,
-    /// Set (under the map lock) when the leader went away and the work moved
-    /// to a task.
-    detached: AtomicBool,
-    state: Mutex<FlightState>,
+/// One upstream call and the requests waiting for it. It lives in the map
+/// (no allocation of its own: an uncontended leader only inserts and removes
+/// it), and is found again by its [`FlightId`].
+struct Flight {
+    id: u64,
+    /// When the call first waited (its leader's first `Pending`), or when a
+    /// follower first found it, whichever came first: a call that completes
+    /// at once never reads the clock.
+    started: Option<Instant>,
+    followers: Vec<oneshot::Sender<Outcome>>,
+    /// Followers still waiting (joined, not yet gone).
+    waiting: usize,
+    /// The leader went away and the work moved to `task`.
+    detached: bool,
+    task: Option<AbortHandle>,
 }
 
-#[derive(Default)]
-struct FlightState {
-    followers: Vec<oneshot::Sender<Outcome>>,
-    /// Set once the work was handed to a task because its leader went away.
-    task: Option<AbortHandle>,
+impl Flight {
+    fn new(id: u64) -> Self {
+        Self {
+            id,
+            started: None,
+            followers: Vec::new(),
+            waiting: 0,
+            detached: false,
+            task: None,
+        }
+    }
+}
+
+/// Where a flight is: the hash of its key and its id (unique per layer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FlightId {
+    hash: u64,
+    id: u64,
 }
 
 /// A buffered response, shared by the followers of one flight.
@@ -175,100 +230,149 @@ impl Shared {
             hasher: RandomState::new(),
             map: Mutex::new(Map {
                 entries: HashMap::default(),
+                displaced: HashMap::default(),
+                next_id: 0,
                 sweep_at: MIN_SWEEP,
                 next_sweep: Instant::now(),
             }),
         }
     }
 
-    /// Makes the caller the leader of `key`, a follower of its flight, or
-    /// tells it to go upstream alone (hit-for-miss).
-    pub(crate) fn join(self: &Arc<Self>, key: Key) -> Join {
-        let key = Hashed {
-            hash: self.hasher.hash_one(key.as_bytes()),
-            key,
-        };
-        let now = Instant::now();
-        let mut map = lock(&self.map);
-        match map.entries.get(&key) {
-            Some(Entry::Pass(until)) if now < *until => return Join::Bypass,
-            Some(Entry::Flight(flight))
-                if now.saturating_duration_since(flight.started) < self.config.max_leader_age =>
-            {
-                // Under the map lock, so a last waiter leaving concurrently
-                // sees this one and keeps the work alive.
-                flight.waiters.fetch_add(1, Ordering::AcqRel);
-                let (tx, rx) = oneshot::channel();
-                lock(&flight.state).followers.push(tx);
-                let waiter = Waiter {
-                    shared: self.clone(),
-                    flight: flight.clone(),
-                };
-                return Join::Follow(waiter, rx);
+    /// Makes the caller (whose request has the key `key`) the leader of its
+    /// key, a follower of its flight, or tells it to go upstream alone
+    /// (hit-for-miss, or a hash collision with another key in flight).
+    ///
+    /// One lock acquisition; no allocation unless a new leader's key is too
+    /// long to be kept inline, and no clock read unless the key is in flight
+    /// or remembered as hit-for-miss.
+    pub(crate) fn join(self: &Arc<Self>, key: &[u8]) -> Join {
+        let hash = self.hash(key);
+        let mut guard = lock(&self.map);
+        let map = &mut *guard;
+        let id = map.next_id;
+        match map.entries.get_mut(&hash) {
+            Some(entry) => {
+                if entry.key.as_bytes() != key {
+                    return Join::Bypass;
+                }
+                match &mut entry.state {
+                    State::Pass(until) if Instant::now() < *until => return Join::Bypass,
+                    State::Flight(flight) if self.young(flight) => {
+                        // The first follower starts the age clock if the
+                        // leader did not yet.
+                        flight.started.get_or_insert_with(Instant::now);
+                        flight.waiting += 1;
+                        let (tx, rx) = oneshot::channel();
+                        flight.followers.push(tx);
+                        let waiter = Waiter {
+                            shared: self.clone(),
+                            flight: FlightId {
+                                hash,
+                                id: flight.id,
+                            },
+                            armed: true,
+                        };
+                        return Join::Follow(waiter, rx);
+                    }
+                    // Idle, expired, or a leader too old to queue behind
+                    // (its call goes on for the followers it has).
+                    _ => {}
+                }
+                let old = std::mem::replace(&mut entry.state, State::Flight(Flight::new(id)));
+                if let State::Flight(old) = old {
+                    map.displaced.insert(old.id, old);
+                }
             }
-            // Vacant, expired, or a leader too old to queue behind.
-            _ => {}
+            None => {
+                if map.entries.len() >= map.sweep_at {
+                    map.sweep(Instant::now(), self.sweep_period());
+                }
+                let entry = Entry {
+                    key: StoredKey::new(key),
+                    state: State::Flight(Flight::new(id)),
+                };
+                map.entries.insert(hash, entry);
+            }
         }
-        let flight = Arc::new(Flight {
-            key: key.clone(),
-            started: now,
-            waiters: AtomicUsize::new(1),
-            detached: AtomicBool::new(false),
-            state: Mutex::new(FlightState::default()),
-        });
-        map.insert(key, Entry::Flight(flight.clone()), now, self.sweep_period());
+        map.next_id += 1;
         Join::Lead(Publisher {
             shared: self.clone(),
-            flight,
+            flight: FlightId { hash, id },
             done: false,
         })
     }
 
     /// Forgets in-flight `GET`/`HEAD` calls and hit-for-miss markers of
-    /// `target` (a key without method, up to its request-header lines).
+    /// `target` (a key without method, up to its request-header lines). The
+    /// calls go on for the followers they have; new requests start afresh.
     pub(crate) fn forget(&self, target: &Key) {
-        let mut map = lock(&self.map);
+        let mut guard = lock(&self.map);
+        let map = &mut *guard;
         if map.entries.is_empty() {
             return;
         }
         let target = target.as_bytes();
-        map.entries.retain(|key, _| {
-            let key = key.key.as_bytes();
-            let rest = key
-                .strip_prefix(b"GET ")
-                .or_else(|| key.strip_prefix(b"HEAD "));
-            !rest.is_some_and(|rest| {
-                rest.starts_with(target) && matches!(rest.get(target.len()), None | Some(b'\n'))
+        let hits: Vec<u64> = map
+            .entries
+            .iter()
+            .filter(|(_, entry)| {
+                let key = entry.key.as_bytes();
+                let rest = key
+                    .strip_prefix(b"GET ")
+                    .or_else(|| key.strip_prefix(b"HEAD "));
+                rest.is_some_and(|rest| {
+                    rest.starts_with(target) && matches!(rest.get(target.len()), None | Some(b'\n'))
+                })
             })
-        });
-    }
-
-    /// Removes the hit-for-miss marker `flight` left for its key, if it is
-    /// still there: for an outcome that says nothing about the key's next
-    /// answer (a gRPC error status).
-    pub(crate) fn clear_pass(&self, flight: &Flight) {
-        let mut map = lock(&self.map);
-        if matches!(map.entries.get(&flight.key), Some(Entry::Pass(_))) {
-            map.entries.remove(&flight.key);
+            .map(|(hash, _)| *hash)
+            .collect();
+        for hash in hits {
+            if let Some(Entry {
+                state: State::Flight(flight),
+                ..
+            }) = map.entries.remove(&hash)
+            {
+                map.displaced.insert(flight.id, flight);
+            }
         }
     }
 
     /// The number of keys tracked (in flight or hit-for-miss).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        lock(&self.map).entries.len()
+        let map = lock(&self.map);
+        map.entries
+            .values()
+            .filter(|e| !matches!(e.state, State::Idle))
+            .count()
     }
 
-    /// Removes `flight` from the map if it is still the entry for its key,
-    /// leaving a hit-for-miss marker when `pass` says so.
-    fn retire(&self, flight: &Arc<Flight>, pass: bool) {
-        let mut map = lock(&self.map);
-        if map.remove_flight(flight) && pass && map.entries.len() < MAX_TRACKED {
-            let now = Instant::now();
-            let until = now + self.config.hit_for_miss;
-            let period = self.sweep_period();
-            map.insert(flight.key.clone(), Entry::Pass(until), now, period);
-        }
+    /// The number of flights in progress, reachable by key or not.
+    #[cfg(test)]
+    pub(crate) fn flights(&self) -> usize {
+        let map = lock(&self.map);
+        let keyed = map
+            .entries
+            .values()
+            .filter(|e| matches!(e.state, State::Flight(_)))
+            .count();
+        keyed + map.displaced.len()
+    }
+
+    /// SipHash with per-layer random keys, so hostile URLs cannot collide
+    /// on purpose (a collision would keep a hot key from coalescing).
+    fn hash(&self, key: &[u8]) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        hasher.write(key);
+        hasher.finish()
+    }
+
+    /// Whether `flight` still takes followers (younger than the leader age
+    /// limit; a flight whose clock has not started is brand new).
+    fn young(&self, flight: &Flight) -> bool {
+        let now = Instant::now();
+        let started = flight.started.unwrap_or(now);
+        now.saturating_duration_since(started) < self.config.max_leader_age
     }
 
     fn sweep_period(&self) -> Duration {
@@ -277,27 +381,23 @@ impl Shared {
 
     /// The leader's future was dropped before its work finished: the work is
     /// handed to a task when followers still wait, dropped otherwise.
-    pub(crate) fn leader_gone<W>(&self, flight: &Arc<Flight>, work: W)
+    pub(crate) fn leader_gone<W>(&self, flight: FlightId, work: W)
     where
         W: std::future::Future + Send + 'static,
         W::Output: Send + 'static,
     {
-        let map = lock(&self.map);
-        flight.detached.store(true, Ordering::Relaxed);
-        // Decremented under the map lock: no follower can join in between.
-        if flight.waiters.fetch_sub(1, Ordering::AcqRel) == 1 {
-            drop(map);
-            // Dropping the work drops its publisher, which retires the flight.
-            drop(work);
-            return;
-        }
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let task = runtime.spawn(work);
-                lock(&flight.state).task = Some(task.abort_handle());
+        let mut map = lock(&self.map);
+        let runtime = tokio::runtime::Handle::try_current();
+        match (map.flight(flight), runtime) {
+            // Under the map lock: no follower can join or leave in between.
+            (Some(state), Ok(runtime)) if state.waiting > 0 => {
+                state.detached = true;
+                state.task = Some(runtime.spawn(work).abort_handle());
             }
-            Err(_) => {
-                // No runtime (shutting down): followers learn it failed.
+            // Nobody waits, or no runtime (shutting down: followers learn it
+            // failed). Dropping the work drops its publisher, which retires
+            // the flight.
+            _ => {
                 drop(map);
                 drop(work);
             }
@@ -306,27 +406,45 @@ impl Shared {
 }
 
 impl Map {
-    /// Removes `flight` if it is still the entry for its key (a newer
-    /// flight may have replaced it).
-    fn remove_flight(&mut self, flight: &Arc<Flight>) -> bool {
-        let current = matches!(self.entries.get(&flight.key), Some(Entry::Flight(f)) if Arc::ptr_eq(f, flight));
-        if current {
-            self.entries.remove(&flight.key);
+    fn flight(&mut self, id: FlightId) -> Option<&mut Flight> {
+        match self.entries.get_mut(&id.hash) {
+            Some(Entry {
+                state: State::Flight(flight),
+                ..
+            }) if flight.id == id.id => Some(flight),
+            _ => self.displaced.get_mut(&id.id),
         }
-        current
     }
 
-    fn insert(&mut self, key: Hashed, entry: Entry, now: Instant, period: Duration) {
-        // Expired markers are otherwise only replaced on their next lookup.
-        // Sweeping when the map doubles and once per period keeps the cost
-        // amortised O(1) and the expired markers few.
+    /// Takes a flight out of the map. When it was still reachable by key,
+    /// its entry becomes `pass` (a hit-for-miss marker) or idle.
+    fn remove_flight(&mut self, id: FlightId, pass: Option<Instant>) -> Option<Flight> {
+        match self.entries.get_mut(&id.hash) {
+            Some(entry) if entry.flight(id.id).is_some() => {
+                let state = pass.map_or(State::Idle, State::Pass);
+                match std::mem::replace(&mut entry.state, state) {
+                    State::Flight(flight) => Some(flight),
+                    _ => unreachable!("checked above"),
+                }
+            }
+            _ => self.displaced.remove(&id.id),
+        }
+    }
+
+    /// Expired markers and idle entries are otherwise only reused on their
+    /// next lookup. Sweeping when the map doubles, and once per period where
+    /// the clock is read anyway, keeps the cost amortised O(1) and the map
+    /// within twice its live entries.
+    fn sweep(&mut self, now: Instant, period: Duration) {
         if self.entries.len() >= self.sweep_at || now >= self.next_sweep {
-            self.entries
-                .retain(|_, e| !matches!(e, Entry::Pass(until) if *until <= now));
+            self.entries.retain(|_, e| match e.state {
+                State::Flight(_) => true,
+                State::Pass(until) => until > now,
+                State::Idle => false,
+            });
             self.sweep_at = (self.entries.len() * 2).max(MIN_SWEEP);
             self.next_sweep = now + period;
         }
-        self.entries.insert(key, entry);
     }
 }
 
@@ -335,7 +453,7 @@ impl Map {
 /// aborted), it retires the flight and closes the followers' channels.
 pub(crate) struct Publisher {
     shared: Arc<Shared>,
-    flight: Arc<Flight>,
+    flight: FlightId,
     done: bool,
 }
 
@@ -344,8 +462,8 @@ impl Publisher {
         &self.shared
     }
 
-    pub(crate) fn flight(&self) -> &Arc<Flight> {
-        &self.flight
+    pub(crate) fn flight(&self) -> FlightId {
+        self.flight
     }
 
     /// Retires the flight without an outcome when no follower waits for it
@@ -353,32 +471,81 @@ impl Publisher {
     /// untouched). Checked under the map lock, so no follower can join in
     /// between.
     pub(crate) fn retire_if_alone(&mut self) -> bool {
-        let mut map = lock(&self.shared.map);
-        // While the leader waits, the count is the leader plus its followers.
-        let alone = !self.flight.detached.load(Ordering::Relaxed)
-            && self.flight.waiters.load(Ordering::Acquire) == 1;
-        if !alone {
-            return false;
+        let id = self.flight;
+        {
+            let mut map = lock(&self.shared.map);
+            let waited = |flight: &Flight| flight.detached || flight.waiting > 0;
+            // One probe of the map on the common path; the flight holds
+            // nothing to free (no follower ever joined).
+            match map.entries.get_mut(&id.hash) {
+                Some(entry) if entry.flight(id.id).is_some() => {
+                    if entry.flight(id.id).is_some_and(waited) {
+                        return false;
+                    }
+                    entry.state = State::Idle;
+                }
+                _ => {
+                    if map.displaced.get(&id.id).is_some_and(waited) {
+                        return false;
+                    }
+                    // Alone; or gone already: the last follower left a
+                    // detached flight and its work is being aborted.
+                    map.displaced.remove(&id.id);
+                }
+            }
         }
-        map.remove_flight(&self.flight);
         self.done = true;
         true
     }
 
-    /// Sends `outcome` to every follower; a released key is remembered as
-    /// hit-for-miss.
-    pub(crate) fn publish(mut self, outcome: Outcome) {
-        self.finish(Some(outcome));
+    /// The call waits (its first `Pending`): starts the flight's age clock
+    /// unless a follower did, so a call that completes at once never reads
+    /// the clock.
+    pub(crate) fn waiting(&self) {
+        let now = Instant::now();
+        let mut map = lock(&self.shared.map);
+        if let Some(flight) = map.flight(self.flight) {
+            flight.started.get_or_insert(now);
+        }
+        map.sweep(now, self.shared.sweep_period());
     }
 
-    fn finish(&mut self, outcome: Option<Outcome>) {
+    /// Sends `outcome` to every follower; a released key is remembered as
+    /// hit-for-miss.
+    pub(crate) fn publish(&mut self, outcome: Outcome) {
+        let pass = matches!(outcome, Outcome::Release);
+        self.finish(Some(outcome), pass);
+    }
+
+    /// Releases the followers to make their own calls; `remember` leaves a
+    /// hit-for-miss marker on the key. Without one (an error answer, which
+    /// says nothing about the key's next answer) the next requests for the
+    /// key are coalesced again.
+    pub(crate) fn release(&mut self, remember: bool) {
+        self.finish(Some(Outcome::Release), remember);
+    }
+
+    fn finish(&mut self, outcome: Option<Outcome>, pass: bool) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        self.shared
-            .retire(&self.flight, matches!(outcome, Some(Outcome::Release)));
-        // Retired first: no follower can join after the list is taken.
-        let followers = std::mem::take(&mut lock(&self.flight.state).followers);
+        let followers = {
+            let mut map = lock(&self.shared.map);
+            // A released key is remembered as hit-for-miss while the map is
+            // within its bound (beyond it, the key just elects leaders).
+            let now = pass.then(Instant::now);
+            if let Some(now) = now {
+                map.sweep(now, self.shared.sweep_period());
+            }
+            let until = now
+                .filter(|_| map.entries.len() < MAX_TRACKED)
+                .map(|now| now + self.shared.config.hit_for_miss);
+            let Some(flight) = map.remove_flight(self.flight, until) else {
+                return;
+            };
+            // Retired first: no follower can join after the list is taken.
+            flight.followers
+        };
         if let Some(outcome) = outcome {
             for tx in followers {
                 let _ = tx.send(outcome.clone());
@@ -389,46 +556,59 @@ impl Publisher {
 
 impl Drop for Publisher {
     fn drop(&mut self) {
-        self.finish(None);
+        self.finish(None, false);
     }
 }
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
-            .field("key", &self.flight.key.key)
+            .field("flight", &self.flight)
             .finish()
     }
 }
 
-/// A follower's membership of a flight; leaving as the last waiter drops
-/// the work.
+/// A follower's membership of a flight; leaving as the last waiter of a
+/// flight whose leader went away drops the work.
 pub(crate) struct Waiter {
     shared: Arc<Shared>,
-    flight: Arc<Flight>,
+    flight: FlightId,
+    /// Cleared once the follower received its outcome: the flight is
+    /// retired, there is nothing to leave.
+    armed: bool,
 }
 
 impl Waiter {
     pub(crate) fn on_panic(&self) -> super::PanicOutcome {
         self.shared.config.on_panic
     }
+
+    /// The follower received its flight's outcome (or saw its channel
+    /// closed): the flight is retired, so leaving takes no lock.
+    pub(crate) fn finished(mut self) {
+        self.armed = false;
+    }
 }
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        if self.flight.waiters.fetch_sub(1, Ordering::AcqRel) != 1 {
+        if !self.armed {
             return;
         }
         let task = {
             let mut map = lock(&self.shared.map);
-            // A follower may have joined between the decrement and the lock.
-            if self.flight.waiters.load(Ordering::Acquire) != 0 {
+            let Some(flight) = map.flight(self.flight) else {
+                return;
+            };
+            flight.waiting -= 1;
+            if flight.waiting > 0 || !flight.detached {
                 return;
             }
-            map.remove_flight(&self.flight);
-            lock(&self.flight.state).task.take()
+            // The leader went away and nobody waits any more.
+            map.remove_flight(self.flight, None)
+                .and_then(|flight| flight.task)
         };
-        // Nobody waits any more: the detached work is dropped.
+        // The detached work is dropped.
         if let Some(task) = task {
             task.abort();
         }
@@ -438,7 +618,163 @@ impl Drop for Waiter {
 impl std::fmt::Debug for Waiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Waiter")
-            .field("key", &self.flight.key.key)
+            .field("flight", &self.flight)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"GET http://example.com/a";
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared::new(Config::default()))
+    }
+
+    fn lead(shared: &Arc<Shared>, key: &[u8]) -> Publisher {
+        match shared.join(key) {
+            Join::Lead(publisher) => publisher,
+            _ => panic!("expected to lead"),
+        }
+    }
+
+    fn follow(shared: &Arc<Shared>, key: &[u8]) -> (Waiter, oneshot::Receiver<Outcome>) {
+        match shared.join(key) {
+            Join::Follow(waiter, rx) => (waiter, rx),
+            _ => panic!("expected to follow"),
+        }
+    }
+
+    fn entries(shared: &Shared) -> usize {
+        lock(&shared.map).entries.len()
+    }
+
+    #[test]
+    fn a_key_colliding_with_another_in_flight_goes_upstream_alone() {
+        let shared = shared();
+        let other = b"GET http://example.com/b";
+        let hash = shared.hash(KEY);
+        lock(&shared.map).entries.insert(
+            hash,
+            Entry {
+                key: StoredKey::new(other),
+                state: State::Flight(Flight::new(u64::MAX)),
+            },
+        );
+        assert!(matches!(shared.join(KEY), Join::Bypass));
+    }
+
+    #[test]
+    fn keys_are_kept_inline_or_on_the_heap_and_compared_in_full() {
+        for len in [
+            0,
+            1,
+            StoredKey::INLINE - 1,
+            StoredKey::INLINE,
+            StoredKey::INLINE + 1,
+            4096,
+        ] {
+            let key = vec![b'k'; len];
+            let stored = StoredKey::new(&key);
+            assert_eq!(stored.as_bytes(), &key[..]);
+            assert_eq!(
+                matches!(stored, StoredKey::Heap(_)),
+                len > StoredKey::INLINE
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_leader_leaves_an_idle_entry_that_the_next_request_reuses() {
+        let shared = shared();
+        let mut publisher = lead(&shared, KEY);
+        assert!(publisher.retire_if_alone());
+        drop(publisher);
+        assert_eq!((shared.len(), entries(&shared)), (0, 1));
+        // The key leads again, in the same entry.
+        let publisher = lead(&shared, KEY);
+        assert_eq!((shared.len(), entries(&shared)), (1, 1));
+        drop(publisher);
+        // Dropped without an outcome (a panic): the key is cleared.
+        assert_eq!((shared.len(), shared.flights()), (0, 0));
+        // The periodic sweep drops idle entries.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        lock(&shared.map).sweep(Instant::now(), shared.sweep_period());
+        assert_eq!(entries(&shared), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_keeps_a_lone_leader_from_retiring_alone() {
+        let shared = shared();
+        let mut publisher = lead(&shared, KEY);
+        let (waiter, mut rx) = follow(&shared, KEY);
+        assert!(!publisher.retire_if_alone());
+        publisher.publish(Outcome::Failed);
+        assert!(matches!(rx.try_recv(), Ok(Outcome::Failed)));
+        waiter.finished();
+        assert_eq!((shared.len(), shared.flights()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_leaves_a_marker_only_when_asked_to() {
+        for remember in [true, false] {
+            let shared = shared();
+            let mut publisher = lead(&shared, KEY);
+            let (waiter, mut rx) = follow(&shared, KEY);
+            publisher.release(remember);
+            assert!(matches!(rx.try_recv(), Ok(Outcome::Release)));
+            waiter.finished();
+            assert_eq!(shared.len(), usize::from(remember));
+            let next = shared.join(KEY);
+            assert_eq!(matches!(next, Join::Bypass), remember);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn displaced_flights_still_answer_their_followers_then_go() {
+        let shared = shared();
+        let mut first = lead(&shared, KEY);
+        let (waiter, mut rx) = follow(&shared, KEY);
+        // A write to the target displaces the flight: new requests lead anew.
+        shared.forget(&Key::from("http://example.com/a"));
+        let mut second = lead(&shared, KEY);
+        assert_eq!(shared.flights(), 2);
+        first.publish(Outcome::Release);
+        assert!(matches!(rx.try_recv(), Ok(Outcome::Release)));
+        drop(waiter);
+        assert_eq!(shared.flights(), 1);
+        // The displaced flight's release left no hit-for-miss marker on the
+        // key, which belongs to the second flight.
+        assert!(second.retire_if_alone());
+        assert_eq!((shared.len(), shared.flights()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leader_age_counts_from_the_first_wait_or_follower() {
+        let age = Config::default().max_leader_age;
+        // A call that waited is too old to follow once past the age limit.
+        let shared = shared();
+        let publisher = lead(&shared, KEY);
+        publisher.waiting();
+        tokio::time::advance(age).await;
+        let replacing = lead(&shared, KEY);
+        assert_eq!(shared.flights(), 2);
+        drop((publisher, replacing));
+        assert_eq!(shared.flights(), 0);
+
+        // A call that has not waited yet (not polled) starts its clock with
+        // its first follower.
+        let shared = self::shared();
+        let publisher = lead(&shared, KEY);
+        tokio::time::advance(age).await;
+        let (first, _rx) = follow(&shared, KEY);
+        tokio::time::advance(age / 2).await;
+        let (second, _rx2) = follow(&shared, KEY);
+        tokio::time::advance(age / 2).await;
+        let replacing = lead(&shared, KEY);
+        drop((publisher, first, second, replacing));
+        assert_eq!(shared.flights(), 0);
     }
 }

@@ -1,6 +1,7 @@
 use std::{
     any::Any,
     future::Future,
+    marker::PhantomData,
     ops::ControlFlow::{self, Break, Continue},
     panic::{catch_unwind, resume_unwind, AssertUnwindSafe},
     pin::Pin,
@@ -9,7 +10,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, HeaderMap, Request, Response, StatusCode};
+use http::{header, response::Parts, HeaderMap, Request, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::{sync::oneshot, time::Sleep};
@@ -17,11 +18,11 @@ use tower_service::Service;
 
 use super::{
     body::CoalesceBody,
-    flight::{Flight, Outcome, Publisher, Shared, SharedResponse, Waiter},
+    flight::{Outcome, Publisher, Shared, SharedResponse, Waiter},
     Collapsed, PanicOutcome,
 };
 use crate::{
-    body::{collect_capped, BufferedBody, Capped},
+    body::{collect_capped, BufferedBody, Capped, Collected},
     key::Key,
 };
 
@@ -66,7 +67,7 @@ pin_project! {
             forget: Option<Forget>,
         },
         /// Drives the one upstream call of its key.
-        Leader { leader: Leader<ResBody, S::Error> },
+        Leader { leader: Leader<S::Future, ResBody> },
         /// Waits for its leader, then maybe goes upstream itself.
         Follower { wait: Pin<Box<Wait<S, ReqBody>>> },
     }
@@ -83,7 +84,7 @@ where
         }
     }
 
-    pub(crate) fn leader(leader: Leader<ResBody, S::Error>) -> Self {
+    pub(crate) fn leader(leader: Leader<S::Future, ResBody>) -> Self {
         Self {
             state: State::Leader { leader },
         }
@@ -113,7 +114,8 @@ where
 impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send,
 {
     type Output = Result<Response<CoalesceBody<ResBody>>, S::Error>;
 
@@ -150,24 +152,29 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<ControlFlow<Result<Response<CoalesceBody<ResBody>>, S::Error>, S::Future>> {
         let this = self.project();
-        if let Some(waiter) = this.waiter {
-            match Pin::new(this.rx).poll(cx) {
-                Poll::Ready(Ok(Outcome::Shared(shared))) => {
-                    return Poll::Ready(Break(Ok(follower_response(shared))))
-                }
-                Poll::Ready(Ok(Outcome::Failed)) => {
-                    return Poll::Ready(Break(Ok(status(StatusCode::BAD_GATEWAY))))
-                }
-                Poll::Ready(Err(_closed)) => {
-                    return Poll::Ready(Break(Ok(panicked(waiter.on_panic(), None))))
-                }
-                Poll::Ready(Ok(Outcome::Release)) => {}
-                // Timed out: go upstream alone.
-                Poll::Pending if this.timeout.poll(cx).is_ready() => {}
+        if this.waiter.is_some() {
+            let outcome = match Pin::new(this.rx).poll(cx) {
+                Poll::Ready(outcome) => Some(outcome),
+                // Timed out: leaves the flight and goes upstream alone.
+                Poll::Pending if this.timeout.poll(cx).is_ready() => None,
                 Poll::Pending => return Poll::Pending,
+            };
+            let waiter = this.waiter.take().expect("checked above");
+            if let Some(outcome) = outcome {
+                // The flight is retired: nothing left to leave.
+                let on_panic = waiter.on_panic();
+                waiter.finished();
+                match outcome {
+                    Ok(Outcome::Shared(shared)) => {
+                        return Poll::Ready(Break(Ok(follower_response(shared))))
+                    }
+                    Ok(Outcome::Failed) => {
+                        return Poll::Ready(Break(Ok(status(StatusCode::BAD_GATEWAY))))
+                    }
+                    Err(_closed) => return Poll::Ready(Break(Ok(panicked(on_panic, None)))),
+                    Ok(Outcome::Release) => {}
+                }
             }
-            // Leaves the flight.
-            *this.waiter = None;
         }
         let (svc, _) = this.upstream.as_mut().expect("polled after completion");
         if let Err(e) = ready!(svc.poll_ready(cx)) {
@@ -178,54 +185,257 @@ where
     }
 }
 
-/// What the leader's work ends with.
-#[allow(clippy::large_enum_variant)] // moved once, when the work ends
-pub(crate) enum Led<B: Body, E> {
-    /// Buffered and shared with the followers.
-    Shared(Arc<SharedResponse>),
-    /// Not shareable: the leader keeps it as it streams.
-    Own(Response<CoalesceBody<B>>),
-    /// The inner service failed.
-    Err(E),
+/// The leader of a flight. It drives the upstream call inline (no task, no
+/// hop) while it waits: the call is boxed so that it can move to a task
+/// should the leader go away while followers wait. The body is buffered
+/// only when followers wait for it. `P` says which responses are shared.
+pub(crate) struct Leader<F, B: Body, P = Http> {
+    state: Lead<F, B>,
+    /// Announces the outcome; `None` once it did.
+    publisher: Option<Publisher>,
+    /// The call returned `Pending` once (and started the flight's age clock).
+    waited: bool,
+    /// Hands the unfinished work to [`Shared::leader_gone`](super::flight::Shared::leader_gone)
+    /// (a function pointer: `Drop` cannot name the bounds a task needs).
+    detach: fn(Lead<F, B>, Publisher),
+    policy: PhantomData<fn() -> P>,
 }
 
-type Work<B, E> = Pin<Box<dyn Future<Output = Led<B, E>> + Send>>;
+/// Which responses a flight shares with its followers.
+pub(crate) trait Policy {
+    /// Judges the response head (`body` unread: only its size hint is known).
+    fn head<B: Body>(parts: &Parts, body: &B, cap: usize) -> Verdict;
+    /// Judges the response once its body is buffered.
+    fn complete(parts: &Parts, body: &Collected) -> Verdict;
+}
 
-/// The leader's upstream call, then the collection of its body and the
-/// announcement to the followers.
-pub(crate) async fn lead<F, B, E>(fut: F, mut publisher: Publisher) -> Led<B, E>
+/// A [`Policy`]'s answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Share,
+    /// Not shareable: the followers go upstream, and the key is remembered
+    /// as hit-for-miss.
+    Release,
+    /// An error answer: the followers go upstream, and no hit-for-miss
+    /// marker is left (an error says nothing about the key's next answer).
+    Failed,
+}
+
+/// HTTP: any [`shareable`] response.
+pub(crate) enum Http {}
+
+impl Policy for Http {
+    #[inline]
+    fn head<B: Body>(parts: &Parts, body: &B, cap: usize) -> Verdict {
+        if shareable(&parts.headers, body, cap) {
+            Verdict::Share
+        } else {
+            Verdict::Release
+        }
+    }
+
+    #[inline]
+    fn complete(_: &Parts, _: &Collected) -> Verdict {
+        Verdict::Share
+    }
+}
+
+type Collect<B> = Pin<Box<dyn Future<Output = Capped<B>> + Send>>;
+
+enum Lead<F, B: Body> {
+    /// The inner service's call.
+    Calling(Pin<Box<F>>),
+    /// Buffering the response for the followers (boxed: the leader's future
+    /// stays small, and moving it cheap, on the common path).
+    Collecting(Box<(Parts, Collect<B>)>),
+    Done,
+}
+
+impl<F, B, E, P> Leader<F, B, P>
+where
+    F: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Send,
+    E: Send + 'static,
+    P: Policy + 'static,
+{
+    pub(crate) fn new(fut: F, publisher: Publisher) -> Self {
+        Self {
+            state: Lead::Calling(Box::pin(fut)),
+            publisher: Some(publisher),
+            waited: false,
+            detach: |state, publisher| {
+                let shared = publisher.shared().clone();
+                shared.leader_gone(publisher.flight(), detached::<F, B, E, P>(state, publisher));
+            },
+            policy: PhantomData,
+        }
+    }
+}
+
+impl<F, B, E, P> Leader<F, B, P>
 where
     F: Future<Output = Result<Response<B>, E>>,
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Send,
+    P: Policy,
 {
-    let res = match fut.await {
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Response<CoalesceBody<B>>, E>> {
+        // A panic inside the inner service must not leave the followers
+        // waiting: it is caught here, and dropping the publisher closes
+        // their channels and clears the key.
+        loop {
+            match &mut self.state {
+                Lead::Calling(fut) => {
+                    let res = match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+                        Ok(Poll::Ready(res)) => res,
+                        Ok(Poll::Pending) => {
+                            if !std::mem::replace(&mut self.waited, true) {
+                                self.publisher.as_ref().expect("publishes once").waiting();
+                            }
+                            return Poll::Pending;
+                        }
+                        Err(payload) => return Poll::Ready(Ok(self.panicked(payload))),
+                    };
+                    self.state = Lead::Done;
+                    let publisher = self.publisher.as_mut().expect("publishes once");
+                    match called::<B, E, P>(res, publisher) {
+                        Break(done) => {
+                            // Published, or retired alone.
+                            self.publisher = None;
+                            return Poll::Ready(done);
+                        }
+                        Continue(collecting) => self.state = Lead::Collecting(collecting),
+                    }
+                }
+                Lead::Collecting(collecting) => {
+                    let body = &mut collecting.1;
+                    let capped = match catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(cx))) {
+                        Ok(Poll::Ready(capped)) => capped,
+                        Ok(Poll::Pending) => return Poll::Pending,
+                        Err(payload) => return Poll::Ready(Ok(self.panicked(payload))),
+                    };
+                    let Lead::Collecting(collecting) =
+                        std::mem::replace(&mut self.state, Lead::Done)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    let publisher = self.publisher.take().expect("publishes once");
+                    return Poll::Ready(Ok(
+                        match collected::<B, P>(collecting.0, capped, publisher) {
+                            Led::Shared(shared) => response(shared),
+                            Led::Own(res) => res,
+                        },
+                    ));
+                }
+                Lead::Done => panic!("polled after completion"),
+            }
+        }
+    }
+
+    /// The call panicked: its followers learn it as their channels close.
+    #[cold]
+    fn panicked(&mut self, payload: Box<dyn Any + Send>) -> Response<CoalesceBody<B>> {
+        self.state = Lead::Done;
+        let publisher = self.publisher.take().expect("publishes once");
+        let on_panic = publisher.shared().config.on_panic;
+        drop(publisher);
+        panicked(on_panic, Some(payload))
+    }
+}
+
+/// What the leader's buffering ends with.
+#[allow(clippy::large_enum_variant)] // moved once, when the buffering ends
+enum Led<B: Body> {
+    /// Buffered and shared with the followers.
+    Shared(Arc<SharedResponse>),
+    /// Not shareable after all: the leader keeps it as it streams.
+    Own(Response<CoalesceBody<B>>),
+}
+
+/// The inner service answered: `Break` with the leader's result when there
+/// is nothing to buffer (an error, a response that cannot be shared, or
+/// nobody waiting: the uncontended case, streamed through untouched),
+/// `Continue` with the buffering of the body for the followers.
+#[allow(clippy::type_complexity)]
+#[inline]
+fn called<B, E, P>(
+    res: Result<Response<B>, E>,
+    publisher: &mut Publisher,
+) -> ControlFlow<Result<Response<CoalesceBody<B>>, E>, Box<(Parts, Collect<B>)>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    P: Policy,
+{
+    let res = match res {
         Ok(res) => res,
         Err(e) => {
             publisher.publish(Outcome::Failed);
-            return Led::Err(e);
+            return Break(Err(e));
         }
     };
     let cap = publisher.shared().config.max_body_size;
     let (parts, body) = res.into_parts();
-    if !shareable(&parts.headers, &body, cap) {
-        publisher.publish(Outcome::Release);
-        return Led::Own(Response::from_parts(parts, CoalesceBody::inner(body)));
+    let verdict = P::head(&parts, &body, cap);
+    if verdict != Verdict::Share {
+        publisher.release(verdict == Verdict::Release);
+        return Break(Ok(Response::from_parts(parts, CoalesceBody::inner(body))));
     }
     if publisher.retire_if_alone() {
         // Nobody to share with: no buffering, no copy.
-        return Led::Own(Response::from_parts(parts, CoalesceBody::inner(body)));
+        return Break(Ok(Response::from_parts(parts, CoalesceBody::inner(body))));
     }
-    match collect_capped(body, cap).await {
-        Capped::Complete(body) => {
-            let shared = Arc::new(SharedResponse { parts, body });
-            publisher.publish(Outcome::Shared(shared.clone()));
-            Led::Shared(shared)
-        }
+    Continue(Box::new((parts, Box::pin(collect_capped(body, cap)))))
+}
+
+/// The body was buffered (or found too large): shares it with the followers
+/// if the policy agrees, releases them otherwise.
+fn collected<B: Body, P: Policy>(
+    parts: Parts,
+    capped: Capped<B>,
+    mut publisher: Publisher,
+) -> Led<B> {
+    match capped {
+        Capped::Complete(body) => match P::complete(&parts, &body) {
+            Verdict::Share => {
+                let shared = Arc::new(SharedResponse { parts, body });
+                publisher.publish(Outcome::Shared(shared.clone()));
+                Led::Shared(shared)
+            }
+            verdict => {
+                publisher.release(verdict == Verdict::Release);
+                let body = CoalesceBody::buffered(body.body());
+                Led::Own(Response::from_parts(parts, body))
+            }
+        },
         Capped::Partial(rest) => {
-            publisher.publish(Outcome::Release);
+            publisher.release(true);
             Led::Own(Response::from_parts(parts, CoalesceBody::replay(rest)))
         }
     }
+}
+
+/// The rest of a leader's work, on a task once the leader went away.
+async fn detached<F, B, E, P>(state: Lead<F, B>, mut publisher: Publisher)
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Send,
+    P: Policy,
+{
+    let collecting = match state {
+        Lead::Calling(fut) => match called::<B, E, P>(fut.await, &mut publisher) {
+            Break(_) => return,
+            Continue(collecting) => collecting,
+        },
+        Lead::Collecting(collecting) => collecting,
+        Lead::Done => return,
+    };
+    let (parts, body) = *collecting;
+    collected::<B, P>(parts, body.await, publisher);
 }
 
 /// Whether a response may be buffered and given to other callers: a known
@@ -256,98 +466,21 @@ pub(crate) fn shareable<B: Body>(headers: &HeaderMap, body: &B, cap: usize) -> b
     })
 }
 
-/// The leader of a flight: polls the work inline (no task, no hop) while it
-/// waits, and hands it to a task if it goes away while followers wait.
-pub(crate) struct Leader<B: Body, E> {
-    work: Option<Work<B, E>>,
-    shared: Arc<Shared>,
-    flight: Arc<Flight>,
-    detach: fn(Work<B, E>) -> Pin<Box<dyn Future<Output = ()> + Send>>,
-}
-
-impl<B, E> Leader<B, E>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    E: Send + 'static,
-{
-    pub(crate) fn new<F>(fut: F, publisher: Publisher) -> Self
-    where
-        F: Future<Output = Result<Response<B>, E>> + Send + 'static,
-        B::Error: Send,
-    {
-        Self {
-            shared: publisher.shared().clone(),
-            flight: publisher.flight().clone(),
-            work: Some(Box::pin(lead(fut, publisher))),
-            detach: |work| {
-                Box::pin(async move {
-                    work.await;
-                })
-            },
-        }
-    }
-}
-
-impl<B, E> Leader<B, E>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    E: Send + 'static,
-{
-    /// A leader whose work is `work(publisher)` rather than [`lead`].
-    pub(crate) fn with_work<W>(publisher: Publisher, work: impl FnOnce(Publisher) -> W) -> Self
-    where
-        W: Future<Output = Led<B, E>> + Send + 'static,
-    {
-        Self {
-            shared: publisher.shared().clone(),
-            flight: publisher.flight().clone(),
-            work: Some(Box::pin(work(publisher))),
-            detach: |work| {
-                Box::pin(async move {
-                    work.await;
-                })
-            },
-        }
-    }
-}
-
-impl<B, E> Leader<B, E>
-where
-    B: Body<Data = Bytes>,
-{
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response<CoalesceBody<B>>, E>> {
-        let work = self.work.as_mut().expect("polled after completion");
-        // A panic inside the inner service must not leave the followers
-        // waiting: it is caught here, and dropping the work closes their channels.
-        let led = match catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx))) {
-            Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(led)) => led,
-            Err(payload) => {
-                self.work = None;
-                return Poll::Ready(Ok(panicked(self.shared.config.on_panic, Some(payload))));
-            }
-        };
-        self.work = None;
-        Poll::Ready(match led {
-            Led::Shared(shared) => Ok(response(shared)),
-            Led::Own(res) => Ok(res),
-            Led::Err(e) => Err(e),
-        })
-    }
-}
-
-impl<B: Body, E> Drop for Leader<B, E> {
+impl<F, B: Body, P> Drop for Leader<F, B, P> {
     fn drop(&mut self) {
-        if let Some(work) = self.work.take() {
-            self.shared.leader_gone(&self.flight, (self.detach)(work));
+        // Gone before its work finished: the work moves to a task if
+        // followers still wait, and is dropped otherwise.
+        if let Some(publisher) = self.publisher.take() {
+            let state = std::mem::replace(&mut self.state, Lead::Done);
+            (self.detach)(state, publisher);
         }
     }
 }
 
-impl<B: Body, E> std::fmt::Debug for Leader<B, E> {
+impl<F, B: Body, P> std::fmt::Debug for Leader<F, B, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Leader")
-            .field("done", &self.work.is_none())
+            .field("done", &self.publisher.is_none())
             .finish()
     }
 }

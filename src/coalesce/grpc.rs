@@ -6,25 +6,25 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll},
 };
 
 use bytes::Bytes;
-use http::{header, Request, Response, StatusCode};
+use http::{header, response::Parts, Request, Response, StatusCode};
 use http_body::Body;
+use http_body_util::Empty;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
     body::CoalesceBody,
-    flight::{Join, Outcome, Publisher, SharedResponse},
-    future::{shareable, Leader, Led, ResponseFuture},
+    flight::Join,
+    future::{shareable, Leader, Policy, ResponseFuture, Verdict},
     Coalesce, CoalesceLayer,
 };
 use crate::{
-    body::{collect_capped, Capped},
+    body::Collected,
     grpc::{failed_early, succeeded, GrpcBody, GrpcReads},
     key::RequestHead,
 };
@@ -134,7 +134,8 @@ impl<S, ReqBody, ResBody> Future for GrpcResponseFuture<S, ReqBody, ResBody>
 where
     S: Service<Request<GrpcBody<ReqBody>>, Response = Response<ResBody>>,
     ReqBody: Body,
-    ResBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send,
 {
     type Output = Result<Response<CoalesceBody<ResBody>>, S::Error>;
 
@@ -226,7 +227,7 @@ where
             .grpc_key(&RequestHead::from_request(&req), &message)
     });
     let join = match key {
-        Some(key) => shared.join(key),
+        Some(key) => shared.join(key.as_bytes()),
         // Over the cap, not one message, credentials, or declined by the key function.
         None => Join::Bypass,
     };
@@ -238,9 +239,8 @@ where
         }
         Join::Lead(publisher) => {
             shared.counters.leader.increment(1);
-            let fut = inner.call(req);
-            let leader = Leader::with_work(publisher, |publisher| lead(fut, publisher));
-            ResponseFuture::<S, GrpcBody<ReqBody>, ResBody>::leader(leader).await
+            let mut leader = Leader::<_, _, Grpc>::new(inner.call(req), publisher);
+            std::future::poll_fn(|cx| leader.poll(cx)).await
         }
         Join::Follow(waiter, rx) => {
             shared.counters.follower.increment(1);
@@ -250,63 +250,37 @@ where
     }
 }
 
-/// The leader's call for a gRPC read: its response is shared once its body
-/// ended with `grpc-status: 0`; otherwise the followers are released.
-async fn lead<F, B, E>(fut: F, mut publisher: Publisher) -> Led<B, E>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    B: Body<Data = Bytes>,
-{
-    let res = match fut.await {
-        Ok(res) => res,
-        Err(e) => {
-            publisher.publish(Outcome::Failed);
-            return Led::Err(e);
-        }
-    };
-    let (parts, body) = res.into_parts();
-    let cap = publisher.shared().config.max_body_size;
-    let failed = parts.status != StatusCode::OK || failed_early(&parts.headers);
-    // The length is checked as the body is collected: gRPC bodies have none.
-    let empty = http_body_util::Empty::<Bytes>::new();
-    if failed || !shareable(&parts.headers, &empty, cap) {
-        release(publisher, failed);
-        return Led::Own(Response::from_parts(parts, CoalesceBody::inner(body)));
-    }
-    if publisher.retire_if_alone() {
-        return Led::Own(Response::from_parts(parts, CoalesceBody::inner(body)));
-    }
-    match collect_capped(body, cap).await {
-        Capped::Complete(body) if succeeded(&parts.headers, &body) => {
-            let shared = Arc::new(SharedResponse { parts, body });
-            publisher.publish(Outcome::Shared(shared.clone()));
-            Led::Shared(shared)
-        }
-        Capped::Complete(body) => {
-            // An error status in the trailers, or not one message.
-            let failed = body
-                .trailers
-                .as_ref()
-                .is_some_and(|t| t.get("grpc-status").is_some_and(|s| s != "0"));
-            release(publisher, failed);
-            let body = CoalesceBody::buffered(body.body());
-            Led::Own(Response::from_parts(parts, body))
-        }
-        Capped::Partial(rest) => {
-            release(publisher, false);
-            Led::Own(Response::from_parts(parts, CoalesceBody::replay(rest)))
-        }
-    }
-}
+/// The sharing policy of gRPC reads: a response is shared once its body
+/// ended with `grpc-status: 0`. An error status releases the followers
+/// without a hit-for-miss marker.
+pub(crate) enum Grpc {}
 
-/// Releases the followers to make their own calls. An error says nothing
-/// about the key's next answer: it leaves no hit-for-miss marker, so the
-/// next calls are coalesced again.
-fn release(publisher: Publisher, failed: bool) {
-    let shared = publisher.shared().clone();
-    let flight = publisher.flight().clone();
-    publisher.publish(Outcome::Release);
-    if failed {
-        shared.clear_pass(&flight);
+impl Policy for Grpc {
+    fn head<B: Body>(parts: &Parts, _body: &B, cap: usize) -> Verdict {
+        if parts.status != StatusCode::OK || failed_early(&parts.headers) {
+            return Verdict::Failed;
+        }
+        // The length is checked as the body is collected: gRPC bodies have none.
+        if shareable(&parts.headers, &Empty::<Bytes>::new(), cap) {
+            Verdict::Share
+        } else {
+            Verdict::Release
+        }
+    }
+
+    fn complete(parts: &Parts, body: &Collected) -> Verdict {
+        if succeeded(&parts.headers, body) {
+            return Verdict::Share;
+        }
+        // An error status in the trailers, or not one message.
+        let failed = body
+            .trailers
+            .as_ref()
+            .is_some_and(|t| t.get("grpc-status").is_some_and(|s| s != "0"));
+        if failed {
+            Verdict::Failed
+        } else {
+            Verdict::Release
+        }
     }
 }

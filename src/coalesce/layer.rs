@@ -100,7 +100,8 @@ impl CoalesceLayer {
 
     /// How long a leader accepts followers (default 5 s, like nginx's
     /// `proxy_cache_lock_age`). A request for a key whose leader is older
-    /// becomes a new leader, so one stuck call does not capture a key.
+    /// becomes a new leader, so one stuck call does not capture a key. The
+    /// age counts from the call's first `Pending` (or its first follower).
     pub fn max_leader_age(self, duration: Duration) -> Self {
         self.with(|c| c.max_leader_age = duration)
     }

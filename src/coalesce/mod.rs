@@ -98,7 +98,9 @@
 //! A follower waits at most [`wait_timeout`](CoalesceLayer::wait_timeout),
 //! then calls the inner service itself. A leader accepts followers for
 //! [`max_leader_age`](CoalesceLayer::max_leader_age); a request for a key
-//! whose call is older becomes a new leader.
+//! whose call is older becomes a new leader. The age counts from the call's
+//! first `Pending` (or its first follower, should one come before it): a
+//! call that completes at once never reads the clock.
 //!
 //! # Readiness
 //!
@@ -116,6 +118,18 @@
 //! than one per waiting request (with the limiter outside, waiting followers
 //! held permits and the loopback benchmark's full stack shed most of a hot
 //! key's burst).
+//!
+//! # Cost
+//!
+//! A request that finds its key idle (the uncontended case) costs one
+//! allocation, the boxed upstream call, which can move to a task should its
+//! leader go away. Its key is built in a stack buffer and hashed once
+//! (SipHash with per-layer random keys: hostile URLs cannot collide on
+//! purpose); the map of in-flight keys is locked twice, to join and to
+//! leave, and keeps the entry of a key that went idle for its next request
+//! (keys up to 80 bytes inline, longer ones copied once). A lone leader's
+//! response streams through untouched. `benches/coalesce.rs` measures it
+//! against the bare service.
 //!
 //! # Metrics
 //!

@@ -17,7 +17,7 @@ use super::{
     layer::Config,
     CoalesceLayer,
 };
-use crate::key::{Key, RequestHead};
+use crate::key::{Key, KeySink, RequestHead};
 
 /// Identical in-flight `GET`/`HEAD` requests share one call of the inner
 /// service. Built by [`CoalesceLayer`]; see the [module docs](crate::coalesce).
@@ -82,8 +82,9 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let shared = &self.shared;
-        let join = match classify(&shared.config, &req) {
-            Class::Key(key) => shared.join(key),
+        let mut key = KeyBuf::new();
+        let join = match classify(&shared.config, &req, &mut key) {
+            Class::Key => shared.join(key.as_bytes()),
             Class::Bypass => Join::Bypass,
             Class::Write(target) => {
                 shared.counters.bypass.increment(1);
@@ -122,8 +123,8 @@ where
 }
 
 enum Class {
-    /// A coalescable read.
-    Key(Key),
+    /// A coalescable read (its key is in the caller's buffer).
+    Key,
     /// Passed through untouched.
     Bypass,
     /// An unsafe method, with the key of its target (when it has one).
@@ -140,7 +141,7 @@ const CONDITIONAL: [header::HeaderName; 6] = [
     header::IF_UNMODIFIED_SINCE,
 ];
 
-fn classify<B: Body>(config: &Config, req: &Request<B>) -> Class {
+fn classify<B: Body>(config: &Config, req: &Request<B>, key: &mut KeyBuf) -> Class {
     let method = req.method();
     if method != Method::GET && method != Method::HEAD {
         let safe = method == Method::OPTIONS || method == Method::TRACE;
@@ -152,21 +153,72 @@ fn classify<B: Body>(config: &Config, req: &Request<B>) -> Class {
     }
     let body = req.body();
     let empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
-    // One pass over the (few) request headers rather than eight lookups.
+    // One pass over the (few) request headers rather than nine lookups.
     let credentials = config.bypass_credentials;
-    let differs = req.headers().keys().any(|name| {
+    let mut host = None;
+    let differs = req.headers().iter().any(|(name, value)| {
+        if name == header::HOST && host.is_none() {
+            // The first, as `HeaderMap::get` has it.
+            host = Some(value);
+        }
         CONDITIONAL.contains(name)
             || (credentials && (name == header::AUTHORIZATION || name == header::COOKIE))
     });
     if !empty || differs {
         return Class::Bypass;
     }
+    let head = RequestHead::from_request(req);
     match config
         .key
-        .key(&RequestHead::from_request(req), Some(method))
+        .write_key_with_host(&head, Some(method), || host, key)
     {
-        Some(key) => Class::Key(key),
+        Some(()) => Class::Key,
         None => Class::Bypass,
+    }
+}
+
+/// A request key being built: on the stack while it fits (most keys), so
+/// only a leader, which keeps its key, may allocate for it.
+pub(crate) struct KeyBuf {
+    inline: [u8; KeyBuf::INLINE],
+    /// The key's length; beyond `INLINE` the key is in `spilled`.
+    len: usize,
+    spilled: Vec<u8>,
+}
+
+impl KeyBuf {
+    const INLINE: usize = 256;
+
+    fn new() -> Self {
+        Self {
+            inline: [0; Self::INLINE],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self.inline.get(..self.len) {
+            Some(key) => key,
+            None => &self.spilled,
+        }
+    }
+}
+
+impl KeySink for KeyBuf {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        match self.inline.get_mut(self.len..end) {
+            Some(slot) => slot.copy_from_slice(bytes),
+            None => {
+                if self.len <= Self::INLINE {
+                    self.spilled.extend_from_slice(&self.inline[..self.len]);
+                }
+                self.spilled.extend_from_slice(bytes);
+            }
+        }
+        self.len = end;
     }
 }
 
@@ -178,5 +230,48 @@ fn write_target<B>(config: &Config, req: &Request<B>) -> Option<Key> {
     match bytes.iter().position(|b| *b == b'\n') {
         Some(end) => Some(Key::from_bytes(Bytes::copy_from_slice(&bytes[..end]))),
         None => Some(key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KeyOptions;
+
+    #[test]
+    fn keys_built_on_the_stack_match_owned_keys_at_every_length() {
+        let options = KeyOptions::new().header(header::ACCEPT_LANGUAGE);
+        // Across the inline capacity, byte by byte.
+        for len in (0..2).chain(180..KeyBuf::INLINE + 10).chain([5000]) {
+            let req = Request::get(format!("http://example.com/{}", "p".repeat(len)))
+                .header(header::ACCEPT_LANGUAGE, "fr")
+                .body(())
+                .unwrap();
+            let head = RequestHead::from_request(&req);
+            let mut buf = KeyBuf::new();
+            options
+                .write_key(&head, Some(&Method::GET), &mut buf)
+                .unwrap();
+            let owned = options.key(&head, Some(&Method::GET)).unwrap();
+            assert_eq!(buf.as_bytes(), owned.as_bytes(), "length {len}");
+        }
+    }
+
+    #[test]
+    fn origin_form_requests_are_keyed_with_their_first_host() {
+        let config = Config::default();
+        let req = Request::get("/items?x=1")
+            .header(header::ACCEPT, "*/*")
+            .header(header::HOST, "example.com")
+            .header(header::HOST, "other.example")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let mut buf = KeyBuf::new();
+        assert!(matches!(classify(&config, &req, &mut buf), Class::Key));
+        assert_eq!(buf.as_bytes(), b"GET http://example.com/items?x=1");
+        let owned = config
+            .key
+            .key(&RequestHead::from_request(&req), Some(&Method::GET));
+        assert_eq!(buf.as_bytes(), owned.unwrap().as_bytes());
     }
 }
