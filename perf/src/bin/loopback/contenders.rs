@@ -66,7 +66,7 @@ pub fn all(db: Db) -> Vec<Contender> {
 fn tower_perf() -> Vec<Contender> {
     use tower_perf::{
         cache::CacheLayer, coalesce::CoalesceLayer, latency::LatencyLayer,
-        limit::AdaptiveLimitLayer,
+        limit::AdaptiveLimitLayer, stack::PerfStack,
     };
     vec![
         c(
@@ -103,7 +103,15 @@ fn tower_perf() -> Vec<Contender> {
         c(
             TP_FULL_STACK,
             &[Trivial, HotKey, Overload],
-            "latency -> cache -> coalesce -> limit, each ::new(), in Router::layer",
+            "PerfStack::new() (latency -> cache -> coalesce -> limit, defaults) in one \
+             Router::layer",
+            |r| app(r.layer(PerfStack::new())),
+        ),
+        c(
+            "tower-perf layers one by one",
+            &[Trivial],
+            "the same four layers, each ::new(), in four Router::layer calls: axum boxes \
+             each layer's service, future and body",
             |r| {
                 app(r
                     .layer(AdaptiveLimitLayer::new())
