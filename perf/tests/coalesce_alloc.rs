@@ -1,11 +1,9 @@
 //! Allocations of an uncontended coalesced request: the leader's boxed
 //! upstream call and nothing else (its key is hashed and kept without an
-//! allocation while it fits inline). Counted with a global allocator, per
-//! thread (see `limit_alloc.rs` for why).
+//! allocation while it fits inline). Counted per thread by the allocator
+//! in `counting/`.
 
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    cell::Cell,
     convert::Infallible,
     future::Future,
     pin::pin,
@@ -19,34 +17,9 @@ use http_body_util::Full;
 use tower::{Layer, Service};
 use tower_perf::coalesce::CoalesceLayer;
 
-struct Counting;
+mod counting;
 
-thread_local! {
-    // Const-initialised and without a destructor: reading it never allocates.
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn allocations() -> usize {
-    ALLOCATIONS.with(Cell::get)
-}
-
-// SAFETY: forwards every call to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // `try_with`: the slot is gone while a thread is being torn down.
-        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        // SAFETY: the caller's contract is passed on as is.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract is passed on as is.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+use counting::{allocations, assert_counting};
 
 const REQUESTS: usize = 10_000;
 
@@ -102,10 +75,7 @@ fn handler() -> impl Service<
 
 #[test]
 fn an_uncontended_request_allocates_only_its_boxed_call() {
-    // The counter sees allocations.
-    let probe = allocations();
-    drop(std::hint::black_box(Box::new(1u64)));
-    assert_eq!(allocations(), probe + 1);
+    assert_counting();
 
     let hot = |_| "http://api.example.com/items/42?lang=en".to_owned();
     let bare = allocations_per_request(handler(), hot);

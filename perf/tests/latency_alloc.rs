@@ -1,13 +1,10 @@
 //! Once a label set has been seen, a request through `LatencyLayer`
-//! allocates nothing: counted with a global allocator (here, not in the main
-//! crate, which forbids `unsafe` even in its tests), per thread.
+//! allocates nothing, counted per thread by the allocator in `counting/`.
 //!
 //! The recorder is a real one whose own handles do not allocate (atomic
 //! counts), so any allocation counted is the layer's.
 
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    cell::Cell,
     convert::Infallible,
     future::Future,
     pin::pin,
@@ -28,34 +25,9 @@ use metrics::{
 use tower::{Layer, Service};
 use tower_perf::latency::LatencyLayer;
 
-struct Counting;
+mod counting;
 
-thread_local! {
-    // Const-initialised and without a destructor: reading it never allocates.
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn allocations() -> usize {
-    ALLOCATIONS.with(Cell::get)
-}
-
-// SAFETY: forwards every call to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // `try_with`: the slot is gone while a thread is being torn down.
-        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        // SAFETY: the caller's contract is passed on as is.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract is passed on as is.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+use counting::{allocations, assert_counting};
 
 /// Counts samples; its gauges are atomics. Registering allocates, using
 /// the handles does not.
@@ -115,10 +87,7 @@ fn a_request_on_a_seen_label_set_does_not_allocate() {
     };
     // The first request admits the route and its series and resolves the handles.
     round_trip();
-    // The counter sees allocations.
-    let probe = allocations();
-    drop(std::hint::black_box(Box::new(1u64)));
-    assert_eq!(allocations(), probe + 1);
+    assert_counting();
 
     let before = allocations();
     for _ in 0..10_000 {

@@ -1,12 +1,7 @@
-//! Admit + release allocate nothing: counted with a global allocator (here,
-//! not in the main crate, which forbids `unsafe` even in its tests).
-//!
-//! Counted per thread: the test harness's own thread allocates while the
-//! test runs, and a shared count made this test fail on a loaded machine.
+//! Admit + release allocate nothing, counted per thread by the allocator in
+//! `counting/`.
 
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    cell::Cell,
     convert::Infallible,
     future::Future,
     pin::pin,
@@ -20,34 +15,9 @@ use http_body_util::Full;
 use tower::{Layer, Service};
 use tower_perf::limit::AdaptiveLimitLayer;
 
-struct Counting;
+mod counting;
 
-thread_local! {
-    // Const-initialised and without a destructor: reading it never allocates.
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn allocations() -> usize {
-    ALLOCATIONS.with(Cell::get)
-}
-
-// SAFETY: forwards every call to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // `try_with`: the slot is gone while a thread is being torn down.
-        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        // SAFETY: the caller's contract is passed on as is.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract is passed on as is.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+use counting::{allocations, assert_counting};
 
 #[test]
 fn admit_and_release_do_not_allocate() {
@@ -73,10 +43,7 @@ fn admit_and_release_do_not_allocate() {
     for _ in 0..100 {
         round_trip();
     }
-    // The counter sees allocations.
-    let probe = allocations();
-    drop(std::hint::black_box(Box::new(1u64)));
-    assert_eq!(allocations(), probe + 1);
+    assert_counting();
 
     let before = allocations();
     for _ in 0..10_000 {
