@@ -72,8 +72,8 @@ stop_redis
 step "docs (broken links denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --locked
 
-step "each feature alone (cargo hack --each-feature)"
-cargo hack check --each-feature --no-dev-deps
+step "each feature alone, warnings denied (cargo hack --each-feature)"
+cargo hack clippy --each-feature --no-dev-deps -- -D warnings
 
 step "HTTP cache conformance (http-cache-tests against examples/cache_proxy.rs)"
 bash scripts/conformance.sh

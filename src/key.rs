@@ -148,20 +148,21 @@ impl From<String> for Key {
     }
 }
 
-/// Passes a [`Key`]'s precomputed hash through: for maps keyed by keys
-/// alone, which need no second hash.
+/// Hands a precomputed hash to a map: a [`Key`]'s own, or one computed
+/// outside a lock. Only `write_u64` is expected; anything else still mixes in.
+#[cfg(any(feature = "cache", feature = "coalesce"))]
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct KeyHasher(u64);
+pub(crate) struct Prehashed(u64);
 
-impl Hasher for KeyHasher {
+#[cfg(any(feature = "cache", feature = "coalesce"))]
+impl Hasher for Prehashed {
     fn write_u64(&mut self, n: u64) {
         self.0 = n;
     }
 
-    // Only keys are hashed with it; anything else still mixes in.
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
         }
     }
 

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::policy::{self, ResponseCc};
 use crate::{
     body::Collected,
-    key::{Key, KeyHasher},
+    key::{Key, Prehashed},
 };
 
 /// A stored response, with what serving and revalidating it needs.
@@ -310,7 +310,7 @@ pub(crate) fn put_variant(store: &dyn Store, key: Key, variant: Arc<Variant>) {
 
 /// The in-process store: a moka cache weighed in bytes.
 pub(crate) struct MokaStore {
-    cache: moka::sync::Cache<Key, Entry, BuildHasherDefault<KeyHasher>>,
+    cache: moka::sync::Cache<Key, Entry, BuildHasherDefault<Prehashed>>,
 }
 
 impl MokaStore {

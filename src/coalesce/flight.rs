@@ -16,7 +16,10 @@ use metrics::Counter;
 use tokio::{sync::oneshot, task::AbortHandle, time::Instant};
 
 use super::layer::Config;
-use crate::{body::Collected, key::Key};
+use crate::{
+    body::Collected,
+    key::{Key, Prehashed},
+};
 
 /// The map is swept of expired hit-for-miss markers and idle entries when it
 /// doubles past this size, and at least once per hit-for-miss period where
@@ -130,28 +133,6 @@ enum State {
     /// requested again (a hot key) finds its entry without an insertion or
     /// a copy of the key.
     Idle,
-}
-
-/// Hands a precomputed hash ([`Shared::hash`], computed outside the lock) to
-/// the map.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used (the maps are keyed by `u64`); fold anything else anyway.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
 }
 
 /// One upstream call and the requests waiting for it. It lives in the map
