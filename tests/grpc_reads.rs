@@ -130,18 +130,16 @@ async fn client(addr: SocketAddr) -> CatalogClient<Channel> {
 }
 
 /// A tonic server with `layer` in `Server::builder().layer(..)`.
-async fn serve_tonic<L>(layer: L, store: &Store) -> CatalogClient<Channel>
+async fn serve_tonic<L, B>(layer: L, store: &Store) -> CatalogClient<Channel>
 where
     L: Layer<tonic::service::Routes> + Clone + Send + 'static,
-    L::Service: tower::Service<
-            Request<tonic::body::Body>,
-            Response = Response<tower_perf::cache::CacheBody<tonic::body::Body>>,
-        > + Clone
-        + Send
-        + 'static,
+    L::Service:
+        tower::Service<Request<tonic::body::Body>, Response = Response<B>> + Clone + Send + 'static,
     <L::Service as tower::Service<Request<tonic::body::Body>>>::Future: Send,
     <L::Service as tower::Service<Request<tonic::body::Body>>>::Error:
         Into<tonic::codegen::StdError> + Send,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -152,6 +150,23 @@ where
             .serve_with_incoming(TcpIncoming::from(listener)),
     );
     client(addr).await
+}
+
+/// A unary gRPC answer made by hand: `body` as its data, then
+/// `grpc-status: 0` in the trailers.
+fn grpc_ok(
+    body: Bytes,
+) -> Response<impl http_body::Body<Data = Bytes, Error = std::convert::Infallible>> {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().unwrap());
+    let body = http_body_util::StreamBody::new(futures::stream::iter([
+        Ok(http_body::Frame::data(body)),
+        Ok(http_body::Frame::trailers(trailers)),
+    ]));
+    Response::builder()
+        .header("content-type", "application/grpc")
+        .body(body)
+        .unwrap()
 }
 
 /// Serves `svc` with hyper (HTTP/1 and HTTP/2), its requests' bodies being
@@ -369,7 +384,7 @@ async fn identical_reads_in_flight_share_one_call() {
     let mut roles = Roles::new(&recorder);
     let store = Store::new();
     let coalesce = CoalesceLayer::new().grpc_reads(reads());
-    let client = serve_tonic_coalesce(coalesce, &store).await;
+    let client = serve_tonic(coalesce, &store).await;
 
     const N: usize = 20;
     let calls: Vec<_> = (0..N)
@@ -407,7 +422,7 @@ async fn an_error_releases_the_followers_and_leaves_no_marker() {
     let mut roles = Roles::new(&recorder);
     let store = Store::new();
     let coalesce = CoalesceLayer::new().grpc_reads(reads());
-    let client = serve_tonic_coalesce(coalesce, &store).await;
+    let client = serve_tonic(coalesce, &store).await;
 
     let burst = |id: &'static str| -> Vec<_> {
         (0..5)
@@ -433,31 +448,6 @@ async fn an_error_releases_the_followers_and_leaves_no_marker() {
     assert_eq!(roles.get("bypass"), 0);
 }
 
-/// A tonic server with a coalescing layer.
-async fn serve_tonic_coalesce<L>(layer: L, store: &Store) -> CatalogClient<Channel>
-where
-    L: Layer<tonic::service::Routes> + Clone + Send + 'static,
-    L::Service: tower::Service<
-            Request<tonic::body::Body>,
-            Response = Response<tower_perf::coalesce::CoalesceBody<tonic::body::Body>>,
-        > + Clone
-        + Send
-        + 'static,
-    <L::Service as tower::Service<Request<tonic::body::Body>>>::Future: Send,
-    <L::Service as tower::Service<Request<tonic::body::Body>>>::Error:
-        Into<tonic::codegen::StdError> + Send,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        Server::builder()
-            .layer(layer)
-            .add_service(CatalogServer::new(store.clone()))
-            .serve_with_incoming(TcpIncoming::from(listener)),
-    );
-    client(addr).await
-}
-
 #[tokio::test(start_paused = true)]
 async fn the_full_stack_caches_and_coalesces_declared_reads() {
     let recorder = DebuggingRecorder::new();
@@ -466,15 +456,7 @@ async fn the_full_stack_caches_and_coalesces_declared_reads() {
     let store = Store::new();
     let stack = PerfStack::new().grpc_reads(reads());
     let limit = stack.limit_handle();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        Server::builder()
-            .layer(stack)
-            .add_service(CatalogServer::new(store.clone()))
-            .serve_with_incoming(TcpIncoming::from(listener)),
-    );
-    let client = client(addr).await;
+    let client = serve_tonic(stack, &store).await;
 
     let calls: Vec<_> = (0..10)
         .map(|_| {
@@ -579,18 +561,7 @@ async fn streaming_bodies_are_never_stored() {
             if body == frames(&[b"s"]) {
                 body = frames(&[b"s", b"s"]);
             }
-            let mut trailers = http::HeaderMap::new();
-            trailers.insert("grpc-status", "0".parse().unwrap());
-            let body = http_body_util::StreamBody::new(futures::stream::iter([
-                Ok::<_, std::convert::Infallible>(http_body::Frame::data(body)),
-                Ok(http_body::Frame::trailers(trailers)),
-            ]));
-            Ok::<_, std::convert::Infallible>(
-                Response::builder()
-                    .header("content-type", "application/grpc")
-                    .body(body)
-                    .unwrap(),
-            )
+            Ok::<_, std::convert::Infallible>(grpc_ok(body))
         }
     });
     let svc = CacheLayer::new().grpc_reads(reads()).layer(inner);
@@ -802,18 +773,7 @@ async fn a_read_leader_that_goes_away_or_panics_still_answers_its_followers() {
                 let body = body.to_bytes();
                 gate.acquire().await.unwrap().forget();
                 assert_ne!(body, frame(b"panic"), "the handler panics");
-                let mut trailers = http::HeaderMap::new();
-                trailers.insert("grpc-status", "0".parse().unwrap());
-                let body = http_body_util::StreamBody::new(futures::stream::iter([
-                    Ok::<_, std::convert::Infallible>(http_body::Frame::data(body)),
-                    Ok(http_body::Frame::trailers(trailers)),
-                ]));
-                Ok::<_, std::convert::Infallible>(
-                    Response::builder()
-                        .header("content-type", "application/grpc")
-                        .body(body)
-                        .unwrap(),
-                )
+                Ok::<_, std::convert::Infallible>(grpc_ok(body))
             }
         })
     };
