@@ -266,6 +266,65 @@ where
 }
 
 pin_project! {
+    /// A body as a layer that may have read it hands it on: untouched, served
+    /// from a buffered copy, or replayed from what was read and then resumed.
+    #[project = ReplayableProj]
+    pub(crate) enum Replayable<B: Body> {
+        Untouched { #[pin] body: B },
+        Buffered { #[pin] body: BufferedBody },
+        Replayed { #[pin] body: Replay<B> },
+    }
+}
+
+impl<B: Body> Replayable<B> {
+    /// The variant's name, for `Debug`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::Untouched { .. } => "Untouched",
+            Self::Buffered { .. } => "Buffered",
+            Self::Replayed { .. } => "Replayed",
+        }
+    }
+}
+
+impl<B> Body for Replayable<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project() {
+            ReplayableProj::Untouched { body } => body.poll_frame(cx),
+            ReplayableProj::Replayed { body } => body.poll_frame(cx),
+            ReplayableProj::Buffered { body } => body
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(|never| match never {}))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Untouched { body } => body.is_end_stream(),
+            Self::Buffered { body } => body.is_end_stream(),
+            Self::Replayed { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Untouched { body } => body.size_hint(),
+            Self::Buffered { body } => body.size_hint(),
+            Self::Replayed { body } => body.size_hint(),
+        }
+    }
+}
+
+pin_project! {
     /// Replays chunks already read from a body, then the rest of it (or the
     /// error that interrupted it).
     pub(crate) struct Replay<B: Body> {

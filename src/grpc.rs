@@ -102,7 +102,6 @@
 
 use std::{
     collections::HashMap,
-    convert::Infallible,
     fmt,
     pin::Pin,
     sync::Arc,
@@ -115,7 +114,7 @@ use http::{HeaderMap, Method, Request};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::body::{collect_capped, BufferedBody, Capped, Collected, Replay};
+use crate::body::{collect_capped, Capped, Collected, Replay, Replayable};
 
 /// Default cap on a read's request message: 16 KiB.
 const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024;
@@ -298,16 +297,7 @@ pin_project! {
     /// (followed by the unread rest of the body when it was over the cap).
     pub struct GrpcBody<B: Body> {
         #[pin]
-        kind: Kind<B>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<B: Body> {
-        Pass { #[pin] body: B },
-        Buffered { #[pin] body: BufferedBody },
-        Replay { #[pin] body: Replay<B> },
+        body: Replayable<B>,
     }
 }
 
@@ -315,13 +305,13 @@ impl<B: Body> GrpcBody<B> {
     /// The caller's body, untouched.
     pub fn new(body: B) -> Self {
         Self {
-            kind: Kind::Pass { body },
+            body: Replayable::Untouched { body },
         }
     }
 
     fn buffered(collected: &Collected) -> Self {
         Self {
-            kind: Kind::Buffered {
+            body: Replayable::Buffered {
                 body: collected.body(),
             },
         }
@@ -329,7 +319,7 @@ impl<B: Body> GrpcBody<B> {
 
     fn replay(body: Replay<B>) -> Self {
         Self {
-            kind: Kind::Replay { body },
+            body: Replayable::Replayed { body },
         }
     }
 }
@@ -345,45 +335,28 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().kind.project() {
-            KindProj::Pass { body } => body.poll_frame(cx),
-            KindProj::Replay { body } => body.poll_frame(cx),
-            KindProj::Buffered { body } => body
-                .poll_frame(cx)
-                .map(|f| f.map(|f| f.map_err(|never: Infallible| match never {}))),
-        }
+        self.project().body.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Pass { body } => body.is_end_stream(),
-            Kind::Replay { body } => body.is_end_stream(),
-            Kind::Buffered { body } => body.is_end_stream(),
-        }
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Pass { body } => body.size_hint(),
-            Kind::Replay { body } => body.size_hint(),
-            Kind::Buffered { body } => body.size_hint(),
-        }
+        self.body.size_hint()
     }
 }
 
 impl<B: Body> fmt::Debug for GrpcBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match &self.kind {
-            Kind::Pass { .. } => "Pass",
-            Kind::Buffered { .. } => "Buffered",
-            Kind::Replay { .. } => "Replay",
-        };
-        f.debug_tuple("GrpcBody").field(&kind).finish()
+        f.debug_tuple("GrpcBody").field(&self.body.kind()).finish()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+
     use super::*;
     use http_body_util::{BodyExt, Full, StreamBody};
 

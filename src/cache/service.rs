@@ -1,5 +1,5 @@
 use std::{
-    sync::{atomic::Ordering, Arc, Mutex},
+    sync::{atomic::Ordering, Arc},
     task::{Context, Poll},
 };
 
@@ -21,7 +21,7 @@ use super::{
     future::{Forward, Invalidate, ResponseFuture},
     layer::{CacheLayer, Settings, Shared},
     policy::{self, RequestCc, Use},
-    store::{Entry, HitHeaders, Variant},
+    store::{Entry, HitHeaders, Memo, Variant},
 };
 use crate::{body::BufferedBody, key::RequestHead};
 
@@ -369,28 +369,16 @@ impl Status {
 }
 
 /// The last `Cache-Status` value made for each `fwd` reason: forwarded
-/// responses mostly repeat one (`fwd=uri-miss; fwd-status=200`), so they
-/// share it instead of formatting and allocating their own.
+/// responses mostly repeat one (`fwd=uri-miss; fwd-status=200`).
 #[derive(Debug, Default)]
-pub(crate) struct StatusValues([Mutex<Option<(Status, HeaderValue)>>; Fwd::COUNT]);
+pub(crate) struct StatusValues([Memo<Status, Option<HeaderValue>>; Fwd::COUNT]);
 
 impl StatusValues {
-    /// The value of `status` (a forwarded one: `fwd` set, no `ttl`). Never
-    /// waits: under contention it makes the value anew.
+    /// The value of `status`, a forwarded one (`fwd` set, no `ttl`).
     fn get(&self, status: &Status, name: &str) -> Option<HeaderValue> {
-        let Some(mut slot) = status
-            .fwd
-            .and_then(|fwd| self.0[fwd as usize].try_lock().ok())
-        else {
-            return status.to_value(name);
-        };
-        match &*slot {
-            Some((made_for, value)) if made_for == status => Some(value.clone()),
-            _ => {
-                let value = status.to_value(name)?;
-                *slot = Some((*status, value.clone()));
-                Some(value)
-            }
+        match status.fwd {
+            Some(fwd) => self.0[fwd as usize].get(*status, || status.to_value(name)),
+            None => status.to_value(name),
         }
     }
 }

@@ -37,36 +37,43 @@ pub(crate) struct Variant {
     pub(crate) tags: Box<[Bytes]>,
     /// Set while one stale-while-revalidate refresh is in flight.
     pub(crate) refreshing: AtomicBool,
-    /// The header values of the last plain hit.
-    pub(crate) hit_values: HitValues,
+    /// The header values of the last plain hit, by its age in seconds:
+    /// every hit within that second shares them.
+    pub(crate) hit_values: Memo<u64, HitHeaders>,
 }
 
-/// The `Age` and `Cache-Status` values of a plain hit, with the age in
-/// seconds they were made for: every hit within that second shares them
-/// (two reference counts instead of formatting and an allocation).
-#[derive(Debug, Default)]
-pub(crate) struct HitValues(Mutex<Option<(u64, HitHeaders)>>);
+/// The value last made for a key, handed to the next caller asking for the
+/// same key: header values that many responses repeat cost two reference
+/// counts instead of formatting and an allocation. Never waits: under
+/// contention the value is made anew.
+#[derive(Debug)]
+pub(crate) struct Memo<K, V>(Mutex<Option<(K, V)>>);
 
-/// `Age` and `Cache-Status` (each absent when disabled or unrepresentable).
-pub(crate) type HitHeaders = (Option<HeaderValue>, Option<HeaderValue>);
+impl<K, V> Default for Memo<K, V> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
 
-impl HitValues {
-    /// The values for `age`, made by `make` unless the last hit had the same
-    /// age. Never waits: under contention it makes them anew.
-    pub(crate) fn get(&self, age: u64, make: impl FnOnce() -> HitHeaders) -> HitHeaders {
+impl<K: PartialEq, V: Clone> Memo<K, V> {
+    /// The value for `key`: the last one if it was made for `key`, else `make()`.
+    pub(crate) fn get(&self, key: K, make: impl FnOnce() -> V) -> V {
         let Ok(mut slot) = self.0.try_lock() else {
             return make();
         };
         match &*slot {
-            Some((made_for, values)) if *made_for == age => values.clone(),
+            Some((made_for, value)) if *made_for == key => value.clone(),
             _ => {
-                let values = make();
-                *slot = Some((age, values.clone()));
-                values
+                let value = make();
+                *slot = Some((key, value.clone()));
+                value
             }
         }
     }
 }
+
+/// `Age` and `Cache-Status` (each absent when disabled or unrepresentable).
+pub(crate) type HitHeaders = (Option<HeaderValue>, Option<HeaderValue>);
 
 /// How the freshness of a variant is computed, from the cache's settings.
 #[derive(Debug, Clone, Copy)]
@@ -149,7 +156,7 @@ impl Variant {
             response_time: fresh.response_time,
             tags: Box::default(),
             refreshing: AtomicBool::new(false),
-            hit_values: HitValues::default(),
+            hit_values: Memo::default(),
         }
     }
 
@@ -382,6 +389,26 @@ impl Store for MokaStore {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn a_memo_makes_a_value_once_per_key_in_a_row() {
+        let memo = Memo::default();
+        let made = std::cell::Cell::new(0);
+        let make = |v: &'static str| {
+            made.set(made.get() + 1);
+            v
+        };
+        assert_eq!(memo.get(1, || make("a")), "a");
+        assert_eq!(memo.get(1, || make("unused")), "a", "same key: shared");
+        assert_eq!(made.get(), 1);
+        assert_eq!(memo.get(2, || make("b")), "b", "another key: made anew");
+        assert_eq!(
+            memo.get(1, || make("a2")),
+            "a2",
+            "only the last key is kept"
+        );
+        assert_eq!(made.get(), 3);
+    }
 
     fn variant(lang: Option<&str>, body: impl Into<Bytes>) -> Arc<Variant> {
         let timing = Timing::now(Instant::now(), None);
