@@ -67,9 +67,17 @@ pub struct Key {
 
 impl Key {
     fn new(bytes: Bytes) -> Self {
-        static SEED: OnceLock<RandomState> = OnceLock::new();
-        let hash = SEED.get_or_init(RandomState::new).hash_one(&bytes[..]);
+        let hash = hash_of(&bytes);
         Self { bytes, hash }
+    }
+
+    /// This key, borrowed.
+    #[cfg(feature = "cache")]
+    pub(crate) fn view(&self) -> KeyRef<'_> {
+        KeyRef {
+            bytes: &self.bytes,
+            hash: self.hash,
+        }
     }
 
     /// A key from its raw bytes (what a custom key function or a purge call names).
@@ -95,6 +103,53 @@ impl Key {
     /// Whether the key is empty.
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
+    }
+}
+
+/// The hash of a key's bytes: SipHash under a per-process random seed, so
+/// that request URLs cannot be chosen to collide.
+fn hash_of(bytes: &[u8]) -> u64 {
+    static SEED: OnceLock<RandomState> = OnceLock::new();
+    SEED.get_or_init(RandomState::new).hash_one(bytes)
+}
+
+/// A key borrowed from a buffer (often on the stack): a lookup that finds
+/// nothing or a stored entry needs no owned [`Key`]. It hashes and compares
+/// like the `Key` it stands for.
+#[cfg(feature = "cache")]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyRef<'a> {
+    bytes: &'a [u8],
+    hash: u64,
+}
+
+#[cfg(feature = "cache")]
+impl<'a> KeyRef<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            hash: hash_of(bytes),
+        }
+    }
+
+    /// Whether `key` is the key this one stands for.
+    pub(crate) fn is(&self, key: &Key) -> bool {
+        self.hash == key.hash && self.bytes == &key.bytes[..]
+    }
+
+    /// An owned copy.
+    pub(crate) fn to_key(self) -> Key {
+        Key {
+            bytes: Bytes::copy_from_slice(self.bytes),
+            hash: self.hash,
+        }
+    }
+}
+
+#[cfg(feature = "cache")]
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
     }
 }
 
@@ -398,6 +453,54 @@ impl KeySink for Vec<u8> {
     }
 }
 
+/// A request key being built: on the stack while it fits (most keys), so
+/// only a leader, which keeps its key, may allocate for it.
+#[cfg(any(feature = "cache", feature = "coalesce"))]
+pub(crate) struct KeyBuf {
+    inline: [u8; KeyBuf::INLINE],
+    /// The key's length; beyond `INLINE` the key is in `spilled`.
+    len: usize,
+    spilled: Vec<u8>,
+}
+
+#[cfg(any(feature = "cache", feature = "coalesce"))]
+impl KeyBuf {
+    const INLINE: usize = 256;
+
+    pub(crate) fn new() -> Self {
+        Self {
+            inline: [0; Self::INLINE],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self.inline.get(..self.len) {
+            Some(key) => key,
+            None => &self.spilled,
+        }
+    }
+}
+
+#[cfg(any(feature = "cache", feature = "coalesce"))]
+impl KeySink for KeyBuf {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        match self.inline.get_mut(self.len..end) {
+            Some(slot) => slot.copy_from_slice(bytes),
+            None => {
+                if self.len <= Self::INLINE {
+                    self.spilled.extend_from_slice(&self.inline[..self.len]);
+                }
+                self.spilled.extend_from_slice(bytes);
+            }
+        }
+        self.len = end;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,5 +610,25 @@ mod tests {
         let k = o.key(&RequestHead::from_request(&req), None).unwrap();
         assert!(k.as_bytes().ends_with(&[0xff, 0xfe]));
         assert!(!format!("{k:?}").is_empty());
+    }
+
+    #[cfg(any(feature = "cache", feature = "coalesce"))]
+    #[test]
+    fn keys_built_on_the_stack_match_owned_keys_at_every_length() {
+        let options = KeyOptions::new().header(http::header::ACCEPT_LANGUAGE);
+        // Across the inline capacity, byte by byte.
+        for len in (0..2).chain(180..KeyBuf::INLINE + 10).chain([5000]) {
+            let req = Request::get(format!("http://example.com/{}", "p".repeat(len)))
+                .header(http::header::ACCEPT_LANGUAGE, "fr")
+                .body(())
+                .unwrap();
+            let head = RequestHead::from_request(&req);
+            let mut buf = KeyBuf::new();
+            options
+                .write_key(&head, Some(&Method::GET), &mut buf)
+                .unwrap();
+            let owned = options.key(&head, Some(&Method::GET)).unwrap();
+            assert_eq!(buf.as_bytes(), owned.as_bytes(), "length {len}");
+        }
     }
 }

@@ -233,9 +233,9 @@ where
         let forward = Forward::pass(&shared, now, Fwd::Bypass, None);
         return ResponseFuture::upstream(svc.get_mut().call(req), forward).await;
     };
-    let entry = match shared.store.get(&key) {
+    let entry = match shared.store.get(key.view()) {
         Some(entry) => Some(entry),
-        None => match shared.store.fetch(&key) {
+        None => match shared.store.fetch(key.view()) {
             Some(fetch) => fetch.await,
             None => None,
         },

@@ -6,7 +6,7 @@ use tower_layer::Layer;
 
 use super::{
     service::{CacheService, StatusValues},
-    store::{MokaStore, Purge, Store},
+    store::{MemoryStore, Purge, Store},
 };
 use crate::key::{Key, KeyOptions};
 
@@ -84,7 +84,7 @@ impl CacheLayer {
         Self {
             shared: Arc::new(Shared {
                 settings,
-                store: Arc::new(MokaStore::new(DEFAULT_MAX_CAPACITY)),
+                store: Arc::new(MemoryStore::new(DEFAULT_MAX_CAPACITY)),
                 forwarded: StatusValues::default(),
                 max_capacity: DEFAULT_MAX_CAPACITY,
                 #[cfg(feature = "redis")]
@@ -112,7 +112,7 @@ impl CacheLayer {
     ///
     /// This starts a new, empty store: take [`handle`](Self::handle) after it.
     pub fn max_capacity(self, bytes: u64) -> Self {
-        let l1 = MokaStore::new(bytes);
+        let l1 = MemoryStore::new(bytes);
         #[cfg(feature = "redis")]
         let store = match &self.shared.redis {
             Some(tier) => tier.store(l1),
@@ -144,7 +144,7 @@ impl CacheLayer {
         Self {
             shared: Arc::new(Shared {
                 settings: self.shared.settings.clone(),
-                store: Arc::new(MokaStore::new(0)),
+                store: Arc::new(MemoryStore::new(0)),
                 forwarded: StatusValues::default(),
                 max_capacity: capacity,
                 redis: Some(tier),

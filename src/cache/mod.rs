@@ -2,9 +2,9 @@
 //!
 //! [`CacheLayer`] answers repeated requests from memory, the way a reverse
 //! proxy cache (Varnish, nginx, a CDN) would, but inside your service: GET
-//! responses that HTTP lets a shared cache store are kept in a
-//! [moka](https://docs.rs/moka) cache weighed in bytes, and served as `Bytes`
-//! clones until they go stale. HEAD is answered from the stored GET.
+//! responses that HTTP lets a shared cache store are kept in a sharded,
+//! scan-resistant S3-FIFO store ([quick_cache](https://docs.rs/quick_cache))
+//! weighed in bytes, and served as `Bytes` clones until they go stale. HEAD is answered from the stored GET.
 //!
 //! ```
 //! use axum::{routing::get, Router};

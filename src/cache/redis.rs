@@ -1,5 +1,5 @@
 //! The shared second tier: entries and invalidations in Redis, behind the
-//! in-process moka tier.
+//! in-process tier.
 
 use std::{
     fmt,
@@ -25,9 +25,9 @@ use tokio::{
 
 use super::{
     codec,
-    store::{path_of, Entry, Fetch, MokaStore, Purge, Store, Variant},
+    store::{path_of, Entry, Fetch, MemoryStore, Purge, Store, Variant},
 };
-use crate::key::Key;
+use crate::key::{Key, KeyRef};
 
 /// A shared cache tier on Redis, for [`CacheLayer::redis`](super::CacheLayer::redis).
 ///
@@ -138,7 +138,7 @@ impl RedisTier {
     }
 
     /// The store: `l1` in front of this tier.
-    pub(crate) fn store(&self, l1: MokaStore) -> Arc<dyn Store> {
+    pub(crate) fn store(&self, l1: MemoryStore) -> Arc<dyn Store> {
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         hasher.write_u128(
             SystemTime::now()
@@ -159,13 +159,13 @@ impl RedisTier {
     }
 }
 
-/// The moka tier in front of Redis.
+/// The in-process tier in front of Redis.
 #[derive(Debug)]
 struct RedisStore(Arc<Inner>);
 
 struct Inner {
     tier: RedisTier,
-    l1: MokaStore,
+    l1: MemoryStore,
     /// Tells this instance's purge messages from others'.
     id: u64,
     /// Connection and background tasks, started on first use in a runtime.
@@ -609,7 +609,7 @@ async fn subscribe(
 }
 
 impl Store for RedisStore {
-    fn get(&self, key: &Key) -> Option<Entry> {
+    fn get(&self, key: KeyRef<'_>) -> Option<Entry> {
         self.0.l1.get(key)
     }
 
@@ -650,7 +650,7 @@ impl Store for RedisStore {
         self.0.l1.entry_count()
     }
 
-    fn fetch(&self, key: &Key) -> Option<Fetch> {
+    fn fetch(&self, key: KeyRef<'_>) -> Option<Fetch> {
         let inner = &self.0;
         let started = inner.started()?;
         if inner.purging.load(Ordering::Acquire) > 0 {
@@ -661,7 +661,7 @@ impl Store for RedisStore {
             return None;
         }
         let generation = inner.generation.load(Ordering::Acquire);
-        Some(Box::pin(inner.clone().get(key.clone(), generation)))
+        Some(Box::pin(inner.clone().get(key.to_key(), generation)))
     }
 
     fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {

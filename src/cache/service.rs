@@ -23,7 +23,10 @@ use super::{
     policy::{self, RequestCc, Use},
     store::{Entry, HitHeaders, Memo, Variant},
 };
-use crate::{body::BufferedBody, key::RequestHead};
+use crate::{
+    body::BufferedBody,
+    key::{Key, KeyBuf, KeyRef, RequestHead},
+};
 
 /// Middleware that answers requests from an RFC 9111 shared cache.
 ///
@@ -94,19 +97,25 @@ where
             let forward = Forward::pass(shared, now, Fwd::Method, invalidate);
             return ResponseFuture::upstream(self.inner.call(req), forward);
         }
-        let Some(key) = settings
+        // The key is built on the stack: a hit needs no owned copy.
+        let mut buf = KeyBuf::new();
+        let head = RequestHead::from_request(&req);
+        if settings
             .key_options
-            .key(&RequestHead::from_request(&req), None)
-        else {
+            .write_key(&head, None, &mut buf)
+            .is_none()
+        {
             let forward = Forward::pass(shared, now, Fwd::Bypass, None);
             return ResponseFuture::upstream(self.inner.call(req), forward);
-        };
-        if let Some(entry) = shared.store.get(&key) {
+        }
+        let key = KeyRef::new(buf.as_bytes());
+        if let Some(entry) = shared.store.get(key) {
             return self.answer(req, key, Some(&entry), now);
         }
-        let Some(fetch) = shared.store.fetch(&key) else {
+        let Some(fetch) = shared.store.fetch(key) else {
             return self.answer(req, key, None, now);
         };
+        let key = key.to_key();
         // The second tier answers later: the ready service goes with the
         // request, a clone stays (it is polled ready before its own call).
         let clone = self.inner.clone();
@@ -116,7 +125,7 @@ where
         };
         ResponseFuture::fetching(
             fetch,
-            Box::new(move |entry| service.answer(req, key, entry.as_ref(), Instant::now())),
+            Box::new(move |entry| service.answer(req, key.view(), entry.as_ref(), Instant::now())),
         )
     }
 }
@@ -127,7 +136,7 @@ impl<S> CacheService<S> {
     fn answer<ReqBody, ResBody>(
         &mut self,
         mut req: Request<ReqBody>,
-        key: crate::key::Key,
+        key: KeyRef<'_>,
         entry: Option<&Entry>,
         now: Instant,
     ) -> ResponseFuture<S::Future, ResBody>
@@ -160,7 +169,7 @@ impl<S> CacheService<S> {
                             ..Status::HIT
                         };
                         let res = serve(shared, variant, now, head, req.headers(), status);
-                        self.refresh(req, key, variant.clone(), req_cc, now);
+                        self.refresh(req, key.to_key(), variant.clone(), req_cc, now);
                         return ResponseFuture::ready(res);
                     }
                     Use::Revalidate => {
@@ -178,7 +187,7 @@ impl<S> CacheService<S> {
         let req_headers = req.headers().clone();
         let revalidating = stale.as_ref().is_some_and(|v| conditionalize(&mut req, v));
         let forward = Forward {
-            key: Some(key),
+            key: Some(key.to_key()),
             head,
             req_cc,
             req_headers,
@@ -194,7 +203,7 @@ impl<S> CacheService<S> {
     fn refresh<ReqBody, ResBody>(
         &mut self,
         mut req: Request<ReqBody>,
-        key: crate::key::Key,
+        key: Key,
         stale: Arc<Variant>,
         req_cc: RequestCc,
         now: Instant,

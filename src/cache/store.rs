@@ -1,6 +1,6 @@
 //! What the cache stores and where: a stored response (`Variant`), the
 //! variants of one key (`Entry`), and the store behind a small trait: the
-//! in-process moka cache alone, or with a shared second tier (Redis).
+//! in-process cache alone, or with a shared second tier (Redis).
 
 use std::{
     fmt,
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::policy::{self, ResponseCc};
 use crate::{
     body::Collected,
-    key::{Key, Prehashed},
+    key::{Key, KeyRef, Prehashed},
 };
 
 /// A stored response, with what serving and revalidating it needs.
@@ -267,11 +267,11 @@ pub(crate) fn path_of(key: &[u8]) -> &[u8] {
 /// A second-tier lookup in flight: the entry found, if any.
 pub(crate) type Fetch = Pin<Box<dyn Future<Output = Option<Entry>> + Send>>;
 
-/// Where entries live: [`MokaStore`] in process, or the Redis store, which
-/// keeps a moka tier in front of Redis. Reads of [`get`](Store::get) stay
+/// Where entries live: [`MemoryStore`] in process, or the Redis store, which
+/// keeps a `MemoryStore` in front of Redis. Reads of [`get`](Store::get) stay
 /// in process; [`fetch`](Store::fetch) asks the second tier after a miss.
 pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
-    fn get(&self, key: &Key) -> Option<Entry>;
+    fn get(&self, key: KeyRef<'_>) -> Option<Entry>;
     fn insert(&self, key: Key, entry: Entry);
     /// Removes the entry of `key`; later reads never see it.
     fn remove(&self, key: &Key) {
@@ -285,7 +285,7 @@ pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
     fn entry_count(&self) -> u64;
     /// Looks `key` up in the second tier after an in-process miss; `None`
     /// when there is no second tier to ask (or it is not to be asked now).
-    fn fetch(&self, _key: &Key) -> Option<Fetch> {
+    fn fetch(&self, _key: KeyRef<'_>) -> Option<Fetch> {
         None
     }
     /// Completes once writes and purges queued for the second tier were
@@ -303,7 +303,7 @@ pub(crate) fn put_variant(store: &dyn Store, key: Key, variant: Arc<Variant>) {
     if variant.vary.is_empty() {
         return store.insert(key, variants.into());
     }
-    if let Some(entry) = store.get(&key) {
+    if let Some(entry) = store.get(key.view()) {
         variants.extend(
             entry
                 .iter()
@@ -315,41 +315,71 @@ pub(crate) fn put_variant(store: &dyn Store, key: Key, variant: Arc<Variant>) {
     store.insert(key, variants.into());
 }
 
-/// The in-process store: a moka cache weighed in bytes.
-pub(crate) struct MokaStore {
-    cache: moka::sync::Cache<Key, Entry, BuildHasherDefault<Prehashed>>,
+/// The in-process store: a sharded S3-FIFO cache (quick_cache) weighed in
+/// bytes. Lookups borrow their key and cost one shard read lock; inserts
+/// evict on the spot, with no background work or write queue to drain.
+pub(crate) struct MemoryStore {
+    cache: quick_cache::sync::Cache<Key, Entry, Weigher, BuildHasherDefault<Prehashed>>,
 }
 
-impl MokaStore {
+/// Every shard holds at least this many bytes: a response stored whole
+/// must fit in one shard.
+const MIN_SHARD_CAPACITY: u64 = 16 * 1024 * 1024;
+
+/// Weighs an entry in bytes: its key, bodies, headers and bookkeeping.
+#[derive(Debug, Clone, Copy)]
+struct Weigher;
+
+impl quick_cache::Weighter<Key, Entry> for Weigher {
+    fn weight(&self, key: &Key, entry: &Entry) -> u64 {
+        (key.len() + entry.iter().map(|v| v.weight()).sum::<usize>()) as u64
+    }
+}
+
+impl quick_cache::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.is(key)
+    }
+}
+
+impl MemoryStore {
     pub(crate) fn new(max_capacity: u64) -> Self {
-        // Sized up front for entries of a few KiB: growing the concurrent
-        // table while entries churn costs repeated rehashes.
-        let initial = (max_capacity / 4096).clamp(64, 1 << 20) as usize;
-        let cache = moka::sync::Cache::builder()
-            .max_capacity(max_capacity)
-            .initial_capacity(initial)
-            .weigher(|key: &Key, entry: &Entry| {
-                let bytes = key.len() + entry.iter().map(|v| v.weight()).sum::<usize>();
-                u32::try_from(bytes).unwrap_or(u32::MAX)
-            })
-            .support_invalidation_closures()
+        // Shards share the capacity; few enough that each holds at least
+        // `MIN_SHARD_CAPACITY` (or all of a smaller cache).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shards = (max_capacity / MIN_SHARD_CAPACITY).clamp(1, 4 * cores as u64);
+        let shards = 1 << shards.ilog2();
+        let options = quick_cache::OptionsBuilder::new()
+            .shards(shards)
+            .weight_capacity(max_capacity)
+            // Sized up front for entries of a few KiB: growing the table
+            // while entries churn costs repeated rehashes.
+            .estimated_items_capacity((max_capacity / 4096).clamp(64, 1 << 20) as usize)
+            .build()
+            .expect("shards and capacity are set");
+        let cache = quick_cache::sync::Cache::with_options(
+            options,
+            Weigher,
             // Keys carry their hash.
-            .build_with_hasher(BuildHasherDefault::default());
+            BuildHasherDefault::default(),
+            Default::default(),
+        );
         Self { cache }
     }
 }
 
-impl fmt::Debug for MokaStore {
+impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MokaStore")
-            .field("max_capacity", &self.cache.policy().max_capacity())
+        f.debug_struct("MemoryStore")
+            .field("max_capacity", &self.cache.capacity())
+            .field("shards", &self.cache.num_shards())
             .finish()
     }
 }
 
-impl Store for MokaStore {
-    fn get(&self, key: &Key) -> Option<Entry> {
-        self.cache.get(key)
+impl Store for MemoryStore {
+    fn get(&self, key: KeyRef<'_>) -> Option<Entry> {
+        self.cache.get(&key)
     }
 
     fn insert(&self, key: Key, entry: Entry) {
@@ -357,31 +387,23 @@ impl Store for MokaStore {
     }
 
     fn remove(&self, key: &Key) {
-        self.cache.invalidate(key);
+        self.cache.remove(&key.view());
     }
 
     fn purge(&self, purge: Purge) {
         match purge {
-            Purge::Key(key) => self.cache.invalidate(&key),
-            Purge::All => self.cache.invalidate_all(),
-            purge => {
-                let predicate = move |key: &Key, entry: &Entry| purge.matches(key, entry);
-                // Only fails when closures were not enabled at build time; they are.
-                if self.cache.invalidate_entries_if(predicate).is_err() {
-                    self.cache.invalidate_all();
-                }
-            }
+            Purge::Key(key) => self.remove(&key),
+            Purge::All => self.cache.clear(),
+            purge => self.cache.retain(|key, entry| !purge.matches(key, entry)),
         }
     }
 
     fn weighted_size(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.weighted_size()
+        self.cache.weight()
     }
 
     fn entry_count(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        self.cache.len() as u64
     }
 }
 
@@ -428,12 +450,12 @@ mod tests {
 
     #[tokio::test]
     async fn variants_replace_their_own_selection_and_stay_bounded() {
-        let store = MokaStore::new(1 << 20);
+        let store = MemoryStore::new(1 << 20);
         let key = Key::from("http://a/x");
         put_variant(&store, key.clone(), variant(Some("fr"), "fr1"));
         put_variant(&store, key.clone(), variant(Some("en"), "en1"));
         put_variant(&store, key.clone(), variant(Some("fr"), "fr2"));
-        let entry = store.get(&key).unwrap();
+        let entry = store.get(key.view()).unwrap();
         let bodies: Vec<_> = entry.iter().map(|v| v.body.data.clone()).collect();
         assert_eq!(bodies, ["fr2", "en1"], "newest first, one per selection");
 
@@ -447,11 +469,33 @@ mod tests {
         for i in 0..100 {
             put_variant(&store, key.clone(), variant(Some(&format!("l{i}")), "x"));
         }
-        assert_eq!(store.get(&key).unwrap().len(), MAX_VARIANTS);
+        assert_eq!(store.get(key.view()).unwrap().len(), MAX_VARIANTS);
 
         // A response without Vary answers every request: it replaces all.
         put_variant(&store, key.clone(), variant(None, "plain"));
-        assert_eq!(store.get(&key).unwrap().len(), 1);
+        assert_eq!(store.get(key.view()).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn borrowed_keys_find_owned_ones_and_the_bound_holds() {
+        let store = MemoryStore::new(64 * 1024);
+        store.insert(Key::from("http://a/x"), vec![variant(None, "x")].into());
+        assert!(store.get(KeyRef::new(b"http://a/x")).is_some());
+        assert!(store.get(KeyRef::new(b"http://a/y")).is_none());
+
+        // One response as heavy as most of the cache still fits.
+        let big = variant(None, vec![b'b'; 48 * 1024]);
+        store.insert(Key::from("http://a/big"), vec![big].into());
+        assert!(store.get(KeyRef::new(b"http://a/big")).is_some());
+
+        for i in 0..1000 {
+            let key = Key::from(format!("http://a/{i}"));
+            store.insert(key, vec![variant(None, vec![b'v'; 1024])].into());
+            assert!(store.weighted_size() <= 64 * 1024, "after {i} inserts");
+        }
+        assert!(store.entry_count() < 1000, "older entries were evicted");
+        store.purge(Purge::Prefix("http://a/".into()));
+        assert_eq!((store.entry_count(), store.weighted_size()), (0, 0));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::{
     layer::Config,
     CoalesceLayer,
 };
-use crate::key::{Key, KeySink, RequestHead};
+use crate::key::{Key, KeyBuf, RequestHead};
 
 /// Identical in-flight `GET`/`HEAD` requests share one call of the inner
 /// service. Built by [`CoalesceLayer`]; see the [module docs](crate::coalesce).
@@ -177,51 +177,6 @@ fn classify<B: Body>(config: &Config, req: &Request<B>, key: &mut KeyBuf) -> Cla
     }
 }
 
-/// A request key being built: on the stack while it fits (most keys), so
-/// only a leader, which keeps its key, may allocate for it.
-pub(crate) struct KeyBuf {
-    inline: [u8; KeyBuf::INLINE],
-    /// The key's length; beyond `INLINE` the key is in `spilled`.
-    len: usize,
-    spilled: Vec<u8>,
-}
-
-impl KeyBuf {
-    const INLINE: usize = 256;
-
-    fn new() -> Self {
-        Self {
-            inline: [0; Self::INLINE],
-            len: 0,
-            spilled: Vec::new(),
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        match self.inline.get(..self.len) {
-            Some(key) => key,
-            None => &self.spilled,
-        }
-    }
-}
-
-impl KeySink for KeyBuf {
-    #[inline]
-    fn put(&mut self, bytes: &[u8]) {
-        let end = self.len + bytes.len();
-        match self.inline.get_mut(self.len..end) {
-            Some(slot) => slot.copy_from_slice(bytes),
-            None => {
-                if self.len <= Self::INLINE {
-                    self.spilled.extend_from_slice(&self.inline[..self.len]);
-                }
-                self.spilled.extend_from_slice(bytes);
-            }
-        }
-        self.len = end;
-    }
-}
-
 /// The key of a write's target, without method and request-header lines:
 /// the prefix shared by the keys of all reads of that target.
 fn write_target<B>(config: &Config, req: &Request<B>) -> Option<Key> {
@@ -236,26 +191,6 @@ fn write_target<B>(config: &Config, req: &Request<B>) -> Option<Key> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::KeyOptions;
-
-    #[test]
-    fn keys_built_on_the_stack_match_owned_keys_at_every_length() {
-        let options = KeyOptions::new().header(header::ACCEPT_LANGUAGE);
-        // Across the inline capacity, byte by byte.
-        for len in (0..2).chain(180..KeyBuf::INLINE + 10).chain([5000]) {
-            let req = Request::get(format!("http://example.com/{}", "p".repeat(len)))
-                .header(header::ACCEPT_LANGUAGE, "fr")
-                .body(())
-                .unwrap();
-            let head = RequestHead::from_request(&req);
-            let mut buf = KeyBuf::new();
-            options
-                .write_key(&head, Some(&Method::GET), &mut buf)
-                .unwrap();
-            let owned = options.key(&head, Some(&Method::GET)).unwrap();
-            assert_eq!(buf.as_bytes(), owned.as_bytes(), "length {len}");
-        }
-    }
 
     #[test]
     fn origin_form_requests_are_keyed_with_their_first_host() {
