@@ -352,9 +352,9 @@ impl MemoryStore {
         let options = quick_cache::OptionsBuilder::new()
             .shards(shards)
             .weight_capacity(max_capacity)
-            // Sized up front for entries of a few KiB: growing the table
-            // while entries churn costs repeated rehashes.
-            .estimated_items_capacity((max_capacity / 4096).clamp(64, 1 << 20) as usize)
+            // Sized up front for a quarter of the entries of 4 KiB that fit:
+            // fewer rehashes while the cache fills, little memory held ahead.
+            .estimated_items_capacity((max_capacity / 16384).clamp(64, 1 << 16) as usize)
             .build()
             .expect("shards and capacity are set");
         let cache = quick_cache::sync::Cache::with_options(
