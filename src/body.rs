@@ -47,16 +47,17 @@ impl Collected {
     pub(crate) fn body(&self) -> BufferedBody {
         BufferedBody {
             data: (!self.data.is_empty()).then(|| self.data.clone()),
-            trailers: self.trailers.clone(),
+            trailers: self.trailers.clone().map(Box::new),
         }
     }
 }
 
 /// A body served from memory: at most one data frame, then the trailers.
+/// Small (trailers are rare and boxed): response bodies are moved around.
 #[derive(Debug, Default)]
 pub(crate) struct BufferedBody {
     data: Option<Bytes>,
-    trailers: Option<HeaderMap>,
+    trailers: Option<Box<HeaderMap>>,
 }
 
 impl BufferedBody {
@@ -86,7 +87,7 @@ impl Body for BufferedBody {
         if let Some(data) = self.data.take() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(*t))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -120,7 +121,8 @@ pin_project! {
     pub(crate) struct Tee<B, S> {
         #[pin]
         inner: B,
-        collecting: Option<Collecting<S>>,
+        // Boxed: most responses are not collected, and bodies are moved.
+        collecting: Option<Box<Collecting<S>>>,
     }
 }
 
@@ -138,13 +140,13 @@ impl<B, S: Sink> Tee<B, S> {
         }
         Self {
             inner,
-            collecting: Some(Collecting {
+            collecting: Some(Box::new(Collecting {
                 chunks: Vec::new(),
                 len: 0,
                 cap,
                 trailers: None,
                 sink,
-            }),
+            })),
         }
     }
 
@@ -205,7 +207,7 @@ where
     }
 }
 
-fn finish<S: Sink>(collecting: &mut Option<Collecting<S>>) {
+fn finish<S: Sink>(collecting: &mut Option<Box<Collecting<S>>>) {
     if let Some(c) = collecting.take() {
         c.sink
             .complete(Collected::from_chunks(c.chunks, c.len, c.trailers));
