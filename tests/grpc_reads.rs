@@ -129,8 +129,23 @@ async fn client(addr: SocketAddr) -> CatalogClient<Channel> {
     CatalogClient::new(channel)
 }
 
-/// A tonic server with `layer` in `Server::builder().layer(..)`.
+/// A tonic server with `layer` in `Server::builder().layer(..)`, and a client.
 async fn serve_tonic<L, B>(layer: L, store: &Store) -> CatalogClient<Channel>
+where
+    L: Layer<tonic::service::Routes> + Clone + Send + 'static,
+    L::Service:
+        tower::Service<Request<tonic::body::Body>, Response = Response<B>> + Clone + Send + 'static,
+    <L::Service as tower::Service<Request<tonic::body::Body>>>::Future: Send,
+    <L::Service as tower::Service<Request<tonic::body::Body>>>::Error:
+        Into<tonic::codegen::StdError> + Send,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send,
+{
+    client(serve_tonic_at(layer, store).await).await
+}
+
+/// A tonic server with `layer` in `Server::builder().layer(..)`: its address.
+async fn serve_tonic_at<L, B>(layer: L, store: &Store) -> SocketAddr
 where
     L: Layer<tonic::service::Routes> + Clone + Send + 'static,
     L::Service:
@@ -149,7 +164,7 @@ where
             .add_service(CatalogServer::new(store.clone()))
             .serve_with_incoming(TcpIncoming::from(listener)),
     );
-    client(addr).await
+    addr
 }
 
 /// A unary gRPC answer made by hand: `body` as its data, then
@@ -819,4 +834,89 @@ async fn a_read_leader_that_goes_away_or_panics_still_answers_its_followers() {
     assert_eq!(res.status(), 500);
     assert_eq!(roles.get("leader"), 3);
     assert_eq!(roles.get("bypass"), 0);
+}
+
+/// Two instances, as in a fleet, share declared reads through the Redis
+/// tier: the second answers from Redis with the first one's message and
+/// trailers, and a purge on one reaches the other. Real time: Redis is a
+/// real server (`TOWER_PERF_REDIS_URL`, set by the test command).
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn declared_reads_are_shared_through_the_redis_tier() {
+    use std::io::Write;
+    use tower_perf::cache::RedisTier;
+
+    let Some(url) = std::env::var("TOWER_PERF_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED declared_reads_are_shared_through_the_redis_tier: TOWER_PERF_REDIS_URL is unset \
+             (scripts/test.sh starts a private redis-server and sets it)"
+        );
+        return;
+    };
+    let prefix = format!("tower-perf-test:{}:grpc-reads:", std::process::id());
+    let tier = || {
+        RedisTier::open(url.as_str())
+            .unwrap()
+            .prefix(prefix.clone())
+            .timeout(Duration::from_millis(500))
+    };
+    let store = Store::new();
+    let a = CacheLayer::new().redis(tier()).grpc_reads(reads());
+    let b = CacheLayer::new().redis(tier()).grpc_reads(reads());
+    let (a_cache, b_cache) = (a.handle(), b.handle());
+    // Clients of a fleet name one service, whichever instance answers.
+    let fleet_client = |addr: SocketAddr| async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .origin("http://catalog.example".parse().unwrap())
+            .connect()
+            .await
+            .unwrap();
+        CatalogClient::new(channel)
+    };
+    let mut a_client = fleet_client(serve_tonic_at(a, &store).await).await;
+    let mut b_client = fleet_client(serve_tonic_at(b, &store).await).await;
+    // Both connected and subscribed to invalidations.
+    a_cache.flush().await;
+    b_cache.flush().await;
+
+    let first = get(&mut a_client, "p1").await.unwrap();
+    assert!(
+        cache_status(&first).contains("stored"),
+        "{}",
+        cache_status(&first)
+    );
+    a_cache.flush().await;
+    let second = get(&mut b_client, "p1").await.unwrap();
+    assert_eq!(store.gets(), 1, "the second instance answered from Redis");
+    assert_eq!(second.get_ref(), first.get_ref());
+    assert!(
+        cache_status(&second).contains("hit"),
+        "{}",
+        cache_status(&second)
+    );
+    // Another message is another key, in Redis too.
+    get(&mut b_client, "p2").await.unwrap();
+    assert_eq!(store.gets(), 2);
+
+    // A purge on one instance empties the other's memory and Redis.
+    a_cache.purge_all();
+    a_cache.flush().await;
+    for _ in 0..500 {
+        if b_cache.entry_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        b_cache.entry_count(),
+        0,
+        "the purge reached the other instance"
+    );
+    get(&mut b_client, "p1").await.unwrap();
+    assert_eq!(store.gets(), 3, "purged from Redis too: fetched anew");
 }
