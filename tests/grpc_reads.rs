@@ -120,7 +120,7 @@ fn reads() -> GrpcReads {
     GrpcReads::new().method(GET).ttl(Duration::from_secs(60))
 }
 
-async fn client(addr: SocketAddr) -> CatalogClient<Channel> {
+async fn connect(addr: SocketAddr) -> CatalogClient<Channel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -129,23 +129,8 @@ async fn client(addr: SocketAddr) -> CatalogClient<Channel> {
     CatalogClient::new(channel)
 }
 
-/// A tonic server with `layer` in `Server::builder().layer(..)`, and a client.
-async fn serve_tonic<L, B>(layer: L, store: &Store) -> CatalogClient<Channel>
-where
-    L: Layer<tonic::service::Routes> + Clone + Send + 'static,
-    L::Service:
-        tower::Service<Request<tonic::body::Body>, Response = Response<B>> + Clone + Send + 'static,
-    <L::Service as tower::Service<Request<tonic::body::Body>>>::Future: Send,
-    <L::Service as tower::Service<Request<tonic::body::Body>>>::Error:
-        Into<tonic::codegen::StdError> + Send,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<tonic::codegen::StdError> + Send,
-{
-    client(serve_tonic_at(layer, store).await).await
-}
-
 /// A tonic server with `layer` in `Server::builder().layer(..)`: its address.
-async fn serve_tonic_at<L, B>(layer: L, store: &Store) -> SocketAddr
+async fn serve_tonic<L, B>(layer: L, store: &Store) -> SocketAddr
 where
     L: Layer<tonic::service::Routes> + Clone + Send + 'static,
     L::Service:
@@ -274,7 +259,7 @@ async fn a_declared_read_is_cached_per_message() {
     let store = Store::new();
     let cache = CacheLayer::new().grpc_reads(reads());
     let handle = cache.handle();
-    let mut client = serve_tonic(cache, &store).await;
+    let mut client = connect(serve_tonic(cache, &store).await).await;
 
     let first = get(&mut client, "p1").await.unwrap();
     assert!(
@@ -327,7 +312,7 @@ async fn errors_undeclared_methods_and_large_messages_pass_through() {
     let store = Store::new();
     let cache = CacheLayer::new().grpc_reads(reads().max_message_size(16));
     let handle = cache.handle();
-    let mut client = serve_tonic(cache, &store).await;
+    let mut client = connect(serve_tonic(cache, &store).await).await;
 
     // An error status (a trailers-only response) is never stored.
     for _ in 0..2 {
@@ -369,7 +354,7 @@ async fn errors_undeclared_methods_and_large_messages_pass_through() {
     // Without a TTL anywhere a read is not stored.
     let store = Store::new();
     let cache = CacheLayer::new().grpc_reads(GrpcReads::new().method(GET));
-    let mut client = serve_tonic(cache, &store).await;
+    let mut client = connect(serve_tonic(cache, &store).await).await;
     get(&mut client, "p1").await.unwrap();
     get(&mut client, "p1").await.unwrap();
     assert_eq!(store.gets(), 2);
@@ -381,7 +366,7 @@ async fn the_caches_default_ttl_applies_when_reads_set_none() {
     let cache = CacheLayer::new()
         .default_ttl(Duration::from_secs(5))
         .grpc_reads(GrpcReads::new().method(GET));
-    let mut client = serve_tonic(cache, &store).await;
+    let mut client = connect(serve_tonic(cache, &store).await).await;
     get(&mut client, "p1").await.unwrap();
     let hit = get(&mut client, "p1").await.unwrap();
     assert!(
@@ -399,7 +384,7 @@ async fn identical_reads_in_flight_share_one_call() {
     let mut roles = Roles::new(&recorder);
     let store = Store::new();
     let coalesce = CoalesceLayer::new().grpc_reads(reads());
-    let client = serve_tonic(coalesce, &store).await;
+    let client = connect(serve_tonic(coalesce, &store).await).await;
 
     const N: usize = 20;
     let calls: Vec<_> = (0..N)
@@ -437,7 +422,7 @@ async fn an_error_releases_the_followers_and_leaves_no_marker() {
     let mut roles = Roles::new(&recorder);
     let store = Store::new();
     let coalesce = CoalesceLayer::new().grpc_reads(reads());
-    let client = serve_tonic(coalesce, &store).await;
+    let client = connect(serve_tonic(coalesce, &store).await).await;
 
     let burst = |id: &'static str| -> Vec<_> {
         (0..5)
@@ -471,7 +456,7 @@ async fn the_full_stack_caches_and_coalesces_declared_reads() {
     let store = Store::new();
     let stack = PerfStack::new().grpc_reads(reads());
     let limit = stack.limit_handle();
-    let client = serve_tonic(stack, &store).await;
+    let client = connect(serve_tonic(stack, &store).await).await;
 
     let calls: Vec<_> = (0..10)
         .map(|_| {
@@ -507,7 +492,7 @@ async fn grpc_reads_work_in_an_axum_router_layer_next_to_http_routes() {
         .layer(cache);
     let addr = serve_hyper(app).await;
 
-    let mut grpc = client(addr).await;
+    let mut grpc = connect(addr).await;
     get(&mut grpc, "p1").await.unwrap();
     let hit = get(&mut grpc, "p1").await.unwrap();
     assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
@@ -538,7 +523,7 @@ async fn grpc_reads_work_under_hyper_with_incoming_bodies() {
         .grpc_reads(reads())
         .layer(CacheLayer::new().grpc_reads(reads()).layer(routes));
     let addr = serve_hyper(svc).await;
-    let mut client = client(addr).await;
+    let mut client = connect(addr).await;
     get(&mut client, "p1").await.unwrap();
     let hit = get(&mut client, "p1").await.unwrap();
     assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
@@ -631,7 +616,8 @@ async fn get_as(
 #[tokio::test(start_paused = true)]
 async fn calls_with_credentials_are_cached_only_when_keyed_by_them() {
     let store = Store::new();
-    let mut client = serve_tonic(CacheLayer::new().grpc_reads(reads()), &store).await;
+    let mut client =
+        connect(serve_tonic(CacheLayer::new().grpc_reads(reads()), &store).await).await;
     for _ in 0..2 {
         let res = get_as(&mut client, "p1", "Bearer a").await;
         assert!(
@@ -645,7 +631,7 @@ async fn calls_with_credentials_are_cached_only_when_keyed_by_them() {
     let store = Store::new();
     let keyed = tower_perf::key::KeyOptions::new().header(http::header::AUTHORIZATION);
     let cache = CacheLayer::new().key_options(keyed).grpc_reads(reads());
-    let mut client = serve_tonic(cache, &store).await;
+    let mut client = connect(serve_tonic(cache, &store).await).await;
     get_as(&mut client, "p1", "Bearer a").await;
     let hit = get_as(&mut client, "p1", "Bearer a").await;
     assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
@@ -878,8 +864,8 @@ async fn declared_reads_are_shared_through_the_redis_tier() {
             .unwrap();
         CatalogClient::new(channel)
     };
-    let mut a_client = fleet_client(serve_tonic_at(a, &store).await).await;
-    let mut b_client = fleet_client(serve_tonic_at(b, &store).await).await;
+    let mut a_client = fleet_client(serve_tonic(a, &store).await).await;
+    let mut b_client = fleet_client(serve_tonic(b, &store).await).await;
     // Both connected and subscribed to invalidations.
     a_cache.flush().await;
     b_cache.flush().await;
