@@ -98,26 +98,30 @@ where
 pub(crate) struct Inserter {
     pub(crate) shared: Arc<Shared>,
     pub(crate) key: Key,
-    /// The stored response, its body still empty.
-    pub(crate) variant: Box<Variant>,
+    /// The stored response, its body still empty. Already in the `Arc` it
+    /// is stored in, held by nobody else until then.
+    pub(crate) variant: Arc<Variant>,
     /// A gRPC read: stored only if the call succeeded (`grpc-status: 0`).
     pub(crate) grpc: bool,
 }
 
 impl Sink for Inserter {
     fn complete(mut self, collected: Collected) {
-        if !length_matches(&self.variant.headers, &collected)
-            || (self.grpc && !crate::grpc::succeeded(&self.variant.headers, &collected))
+        let Some(variant) = Arc::get_mut(&mut self.variant) else {
+            return;
+        };
+        if !length_matches(&variant.headers, &collected)
+            || (self.grpc && !crate::grpc::succeeded(&variant.headers, &collected))
         {
             return;
         }
         // The server derived it from the body; a hit (and HEAD) needs it stored.
-        self.variant
+        variant
             .headers
             .entry(http::header::CONTENT_LENGTH)
             .or_insert_with(|| collected.data.len().into());
-        self.variant.body = collected;
-        store::put_variant(&*self.shared.store, self.key, Arc::new(*self.variant));
+        variant.body = collected;
+        store::put_variant(&*self.shared.store, self.key, self.variant);
     }
 }
 

@@ -175,7 +175,7 @@ impl Forward {
     /// What becomes of a response; `size_hint` is its body's (a lower bound
     /// over the cap skips storing). A full response that replaces a stored
     /// one but is not stored itself removes it: the stored one is outdated.
-    fn classify(&self, parts: &Parts, size_hint: &SizeHint) -> Outcome {
+    fn classify(&mut self, parts: &Parts, size_hint: &SizeHint) -> Outcome {
         let outcome = self.outcome(parts, size_hint);
         if let (Outcome::Pass, Some(_), Some(key)) = (&outcome, &self.stale, &self.key) {
             // A HEAD's answer has no body to replace the stored one with.
@@ -187,7 +187,8 @@ impl Forward {
         outcome
     }
 
-    fn outcome(&self, parts: &Parts, size_hint: &SizeHint) -> Outcome {
+    /// The key goes with a response to store (an `Inserter`).
+    fn outcome(&mut self, parts: &Parts, size_hint: &SizeHint) -> Outcome {
         let Some(key) = &self.key else {
             return Outcome::Pass;
         };
@@ -249,16 +250,19 @@ impl Forward {
         if let Some(tag_header) = tag_header {
             variant.tags = tags(&parts.headers, tag_header);
         }
-        Outcome::Store(Inserter {
-            shared: self.shared.clone(),
-            key: key.clone(),
-            variant: Box::new(variant),
-            grpc: false,
-        })
+        match self.key.take() {
+            Some(key) => Outcome::Store(Inserter {
+                shared: self.shared.clone(),
+                key,
+                variant: Arc::new(variant),
+                grpc: false,
+            }),
+            None => Outcome::Pass,
+        }
     }
 
     /// Turns the upstream response into the client's.
-    fn respond<B>(self, res: Response<B>) -> Response<CacheBody<B>>
+    fn respond<B>(mut self, res: Response<B>) -> Response<CacheBody<B>>
     where
         B: Body<Data = Bytes>,
     {
@@ -346,7 +350,7 @@ impl Forward {
     }
 
     /// Runs a stale-while-revalidate refresh to its end in the background.
-    pub(crate) async fn refresh<F, B, E>(self, future: F)
+    pub(crate) async fn refresh<F, B, E>(mut self, future: F)
     where
         F: Future<Output = Result<Response<B>, E>>,
         B: Body<Data = Bytes>,

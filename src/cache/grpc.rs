@@ -289,7 +289,7 @@ where
             let inserter = Inserter {
                 shared: shared.clone(),
                 key,
-                variant: Box::new(variant),
+                variant: Arc::new(variant),
                 grpc: true,
             };
             Tee::new(body, cap, inserter)

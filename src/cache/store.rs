@@ -298,11 +298,11 @@ pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
 /// Adds `variant` to the entry of `key`, replacing the variant with the same
 /// selecting header values.
 pub(crate) fn put_variant(store: &dyn Store, key: Key, variant: Arc<Variant>) {
-    let mut variants = vec![variant.clone()];
     // Without `Vary` the response answers every request: it replaces all.
     if variant.vary.is_empty() {
-        return store.insert(key, variants.into());
+        return store.insert(key, Arc::new([variant]));
     }
+    let mut variants = vec![variant.clone()];
     if let Some(entry) = store.get(key.view()) {
         variants.extend(
             entry
