@@ -110,6 +110,11 @@ impl CacheLayer {
 
     /// Bounds the bytes held (bodies, headers and bookkeeping; default 64 MiB).
     ///
+    /// The store is split in shards of at least 16 MiB each (or one shard
+    /// for a smaller cache), evicted on their own with S3-FIFO: a response
+    /// heavier than one shard is not stored. With the default
+    /// [`max_body_size`](Self::max_body_size) of 1 MiB that never happens.
+    ///
     /// This starts a new, empty store: take [`handle`](Self::handle) after it.
     pub fn max_capacity(self, bytes: u64) -> Self {
         let l1 = MemoryStore::new(bytes);
@@ -288,12 +293,12 @@ impl CacheHandle {
         self.shared.store.flush().await;
     }
 
-    /// The bytes held in process now (runs pending evictions first).
+    /// The bytes held in process now.
     pub fn weighted_size(&self) -> u64 {
         self.shared.store.weighted_size()
     }
 
-    /// The number of keys held in process now (runs pending evictions first).
+    /// The number of keys held in process now.
     pub fn entry_count(&self) -> u64 {
         self.shared.store.entry_count()
     }

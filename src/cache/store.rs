@@ -279,9 +279,9 @@ pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
     }
     /// Removes what `purge` names; later reads never see it.
     fn purge(&self, purge: Purge);
-    /// Bytes held in process, after pending evictions ran.
+    /// Bytes held in process.
     fn weighted_size(&self) -> u64;
-    /// Entries held in process, after pending evictions ran.
+    /// Entries held in process.
     fn entry_count(&self) -> u64;
     /// Looks `key` up in the second tier after an in-process miss; `None`
     /// when there is no second tier to ask (or it is not to be asked now).
