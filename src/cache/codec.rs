@@ -153,7 +153,7 @@ pub(crate) fn decode_entry(bytes: Bytes, now: Instant, wall: SystemTime) -> Resu
             response_time: now,
             tags,
             refreshing: AtomicBool::new(false),
-            hit_values: Default::default(),
+            hit_headers: Default::default(),
         }));
     }
     if !r.0.is_empty() {
@@ -395,7 +395,7 @@ mod tests {
             response_time: Instant::now(),
             tags: vec![Bytes::from_static(b"user-1"), Bytes::from_static(b"users")].into(),
             refreshing: AtomicBool::new(false),
-            hit_values: Default::default(),
+            hit_headers: Default::default(),
         })
     }
 

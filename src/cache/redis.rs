@@ -770,7 +770,7 @@ mod tests {
                 response_time: Instant::now(),
                 tags: Box::default(),
                 refreshing: Default::default(),
-                hit_values: Default::default(),
+                hit_headers: Default::default(),
             };
             expiry(&v, Instant::now()).as_secs()
         };

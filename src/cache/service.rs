@@ -21,7 +21,7 @@ use super::{
     future::{Forward, Invalidate, ResponseFuture},
     layer::{CacheLayer, Settings, Shared},
     policy::{self, RequestCc, Use},
-    store::{Entry, HitHeaders, Memo, Variant},
+    store::{Entry, Memo, Variant},
 };
 use crate::{
     body::BufferedBody,
@@ -439,43 +439,52 @@ pub(crate) fn serve<B>(
     } else {
         variant.body.body()
     };
+    let age = age.as_secs().min(policy::DELTA_MAX);
+    status.ttl = Some(variant.lifetime.as_secs().min(policy::DELTA_MAX) as i64 - age as i64);
+    let settings = &shared.settings;
+    // The stored headers with this hit's `Age` and `Cache-Status`, which
+    // replace their placeholders in place, with no reallocation.
+    let make = || {
+        let mut headers = variant.headers.clone();
+        let (age, status) = hit_values(settings, age, &status);
+        if let Some(age) = age {
+            headers.insert(AGE, age);
+        }
+        if let (Some(header), Some(status)) = (&settings.status_header, status) {
+            headers.insert(header.clone(), status);
+        }
+        Arc::new(headers)
+    };
+    // A plain hit's headers depend on its age alone: the hits of one second
+    // share them, and each costs one clone of the map.
+    let headers = if status.is_plain_hit() {
+        variant.hit_headers.get(age, make)
+    } else {
+        make()
+    };
     let mut res = Response::new(CacheBody::cached(body));
     if not_modified {
         *res.status_mut() = StatusCode::NOT_MODIFIED;
-        let headers = res.headers_mut();
-        for name in &NOT_MODIFIED_HEADERS {
-            for value in variant.headers.get_all(name) {
-                headers.append(name.clone(), value.clone());
+        let out = res.headers_mut();
+        let names = NOT_MODIFIED_HEADERS.iter().chain([&AGE]);
+        for name in names.chain(settings.status_header.as_ref()) {
+            for value in headers.get_all(name) {
+                out.append(name.clone(), value.clone());
             }
         }
     } else {
         *res.status_mut() = variant.status;
-        // Stored with `Age` and status placeholders: the inserts below
-        // replace them in place, with no reallocation.
-        *res.headers_mut() = variant.headers.clone();
-    }
-    let age = age.as_secs().min(policy::DELTA_MAX);
-    status.ttl = Some(variant.lifetime.as_secs().min(policy::DELTA_MAX) as i64 - age as i64);
-    let settings = &shared.settings;
-    let make = || hit_values(settings, age, &status);
-    // A plain hit's values depend on the age alone: hits share them.
-    let (age, status) = if status.is_plain_hit() {
-        variant.hit_values.get(age, make)
-    } else {
-        make()
-    };
-    let headers = res.headers_mut();
-    if let Some(age) = age {
-        headers.insert(AGE, age);
-    }
-    if let (Some(header), Some(status)) = (&settings.status_header, status) {
-        headers.insert(header.clone(), status);
+        *res.headers_mut() = HeaderMap::clone(&headers);
     }
     res
 }
 
 /// The `Age` and `Cache-Status` values of a hit; one allocation holds both.
-fn hit_values(settings: &Settings, age: u64, status: &Status) -> HitHeaders {
+fn hit_values(
+    settings: &Settings,
+    age: u64,
+    status: &Status,
+) -> (Option<HeaderValue>, Option<HeaderValue>) {
     let mut buf = BytesMut::with_capacity(settings.status_name.len() + 64);
     put_int(&mut buf, age as i64);
     let age = HeaderValue::from_maybe_shared(buf.split().freeze()).ok();

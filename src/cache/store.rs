@@ -37,9 +37,9 @@ pub(crate) struct Variant {
     pub(crate) tags: Box<[Bytes]>,
     /// Set while one stale-while-revalidate refresh is in flight.
     pub(crate) refreshing: AtomicBool,
-    /// The header values of the last plain hit, by its age in seconds:
-    /// every hit within that second shares them.
-    pub(crate) hit_values: Memo<u64, HitHeaders>,
+    /// The headers of the last plain hit (`Age` and `Cache-Status` set), by
+    /// its age in seconds: every hit within that second copies them.
+    pub(crate) hit_headers: Memo<u64, Arc<HeaderMap>>,
 }
 
 /// The value last made for a key, handed to the next caller asking for the
@@ -71,9 +71,6 @@ impl<K: PartialEq, V: Clone> Memo<K, V> {
         }
     }
 }
-
-/// `Age` and `Cache-Status` (each absent when disabled or unrepresentable).
-pub(crate) type HitHeaders = (Option<HeaderValue>, Option<HeaderValue>);
 
 /// How the freshness of a variant is computed, from the cache's settings.
 #[derive(Debug, Clone, Copy)]
@@ -156,7 +153,7 @@ impl Variant {
             response_time: fresh.response_time,
             tags: Box::default(),
             refreshing: AtomicBool::new(false),
-            hit_values: Memo::default(),
+            hit_headers: Memo::default(),
         }
     }
 
@@ -202,10 +199,11 @@ impl Variant {
     }
 
     fn weight(&self) -> usize {
+        // Twice: the stored map and the copy hits share (`hit_headers`).
         let headers: usize = self
             .headers
             .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .map(|(k, v)| 2 * (k.as_str().len() + v.len() + 32))
             .sum();
         let vary: usize = self
             .vary
