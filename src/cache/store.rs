@@ -7,7 +7,7 @@ use std::{
     future::Future,
     hash::BuildHasherDefault,
     pin::Pin,
-    sync::{atomic::AtomicBool, Arc, Mutex},
+    sync::{atomic::AtomicBool, Arc, RwLock},
     time::{Duration, SystemTime},
 };
 
@@ -44,31 +44,33 @@ pub(crate) struct Variant {
 
 /// The value last made for a key, handed to the next caller asking for the
 /// same key: header values that many responses repeat cost two reference
-/// counts instead of formatting and an allocation. Never waits: under
-/// contention the value is made anew.
+/// counts instead of formatting and an allocation. Readers share the lock
+/// (a hot key's hits do not exclude each other); nothing ever waits: while
+/// the value is being replaced, callers make their own.
 #[derive(Debug)]
-pub(crate) struct Memo<K, V>(Mutex<Option<(K, V)>>);
+pub(crate) struct Memo<K, V>(RwLock<Option<(K, V)>>);
 
 impl<K, V> Default for Memo<K, V> {
     fn default() -> Self {
-        Self(Mutex::new(None))
+        Self(RwLock::new(None))
     }
 }
 
 impl<K: PartialEq, V: Clone> Memo<K, V> {
     /// The value for `key`: the last one if it was made for `key`, else `make()`.
     pub(crate) fn get(&self, key: K, make: impl FnOnce() -> V) -> V {
-        let Ok(mut slot) = self.0.try_lock() else {
-            return make();
-        };
-        match &*slot {
-            Some((made_for, value)) if *made_for == key => value.clone(),
-            _ => {
-                let value = make();
-                *slot = Some((key, value.clone()));
-                value
+        if let Ok(slot) = self.0.try_read() {
+            if let Some((made_for, value)) = &*slot {
+                if *made_for == key {
+                    return value.clone();
+                }
             }
         }
+        let value = make();
+        if let Ok(mut slot) = self.0.try_write() {
+            *slot = Some((key, value.clone()));
+        }
+        value
     }
 }
 
