@@ -454,7 +454,8 @@ impl KeySink for Vec<u8> {
 }
 
 /// A request key being built: on the stack while it fits (most keys), so
-/// only a leader, which keeps its key, may allocate for it.
+/// that only a key kept past the call (a coalescing leader's, a forwarded
+/// request's) is copied to the heap.
 #[cfg(any(feature = "cache", feature = "coalesce"))]
 pub(crate) struct KeyBuf {
     inline: [u8; KeyBuf::INLINE],

@@ -447,3 +447,32 @@ async fn request_bodies_need_not_be_sync() {
         assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn hits_carry_their_own_ages_and_the_serving_layers_status_name() {
+    let base = CacheLayer::new();
+    // Two layers from one builder share its store.
+    let (a, b) = (
+        base.clone().cache_status_name("edge-a"),
+        base.cache_status_name("edge-b"),
+    );
+    let handler = |_: &Request<()>, n: usize| {
+        response(&[("cache-control", "max-age=60".into())], format!("v{n}"))
+    };
+    let a = harness(a, handler);
+    let b = harness(b, handler);
+    assert!(a.get().await.cache_status().contains("stored"));
+    for second in 0..3 {
+        // Several hits within the second, through both layers.
+        for _ in 0..2 {
+            let (from_a, from_b) = (a.get().await, b.get().await);
+            assert_eq!((from_a.age(), from_b.age()), (Some(second), Some(second)));
+            let ttl = format!("ttl={}", 60 - second);
+            assert_eq!(from_a.cache_status(), format!("edge-a; hit; {ttl}"));
+            assert_eq!(from_b.cache_status(), format!("edge-b; hit; {ttl}"));
+            assert_eq!(from_b.body, "v1");
+        }
+        advance(Duration::from_secs(1)).await;
+    }
+    assert_eq!((a.calls(), b.calls()), (1, 0));
+}

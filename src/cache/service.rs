@@ -455,10 +455,12 @@ pub(crate) fn serve<B>(
         }
         Arc::new(headers)
     };
-    // A plain hit's headers depend on its age alone: the hits of one second
-    // share them, and each costs one clone of the map.
+    // A plain hit's headers depend on its age and on the settings (layers
+    // built from one builder share a store): the hits of one second share
+    // them, and each costs one clone of the map.
     let headers = if status.is_plain_hit() {
-        variant.hit_headers.get(age, make)
+        let settings_id = std::ptr::from_ref(settings) as usize;
+        variant.hit_headers.get((age, settings_id), make)
     } else {
         make()
     };

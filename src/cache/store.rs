@@ -38,8 +38,9 @@ pub(crate) struct Variant {
     /// Set while one stale-while-revalidate refresh is in flight.
     pub(crate) refreshing: AtomicBool,
     /// The headers of the last plain hit (`Age` and `Cache-Status` set), by
-    /// its age in seconds: every hit within that second copies them.
-    pub(crate) hit_headers: Memo<u64, Arc<HeaderMap>>,
+    /// its age in seconds and the serving layer's settings: every hit within
+    /// that second copies them.
+    pub(crate) hit_headers: Memo<(u64, usize), Arc<HeaderMap>>,
 }
 
 /// The value last made for a key, handed to the next caller asking for the
