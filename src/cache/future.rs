@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::{
     body::{CacheBody, Inserter},
     layer::{Settings, Shared},
-    policy::{self, RequestCc, StoreRequest, Vary},
+    policy::{self, RequestCc, ResponseCc, StoreRequest, Vary},
     service::{serve, Fwd, Status},
     store::{self, Entry, Fetch, Freshness, Timing, Variant},
 };
@@ -217,19 +217,16 @@ impl Forward {
         {
             return Outcome::Pass;
         }
-        let fresh = Freshness::of(parts.status, &parts.headers, timing());
+        let cc = ResponseCc::parse(&parts.headers);
+        let freshness = || Freshness::with_cc(cc, parts.status, &parts.headers, timing());
+        // Dates and the clock are read only for a response not refused first.
+        let mut fresh = None;
         let req = StoreRequest::new(&self.req_headers, self.req_cc, settings.store_set_cookie);
-        if policy::storable(
-            &req,
-            parts.status,
-            &parts.headers,
-            &fresh.cc,
-            fresh.fresh_for(),
-        )
-        .is_err()
-        {
+        let fresh_for = || fresh.insert(freshness()).fresh_for();
+        if policy::storable(&req, parts.status, &parts.headers, &cc, fresh_for).is_err() {
             return Outcome::Pass;
         }
+        let fresh = fresh.unwrap_or_else(freshness);
         let Vary::Names(names) = policy::vary(&parts.headers) else {
             return Outcome::Pass;
         };

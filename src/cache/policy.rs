@@ -303,14 +303,16 @@ impl StoreRequest {
 
 /// RFC 9111 §3 for a shared cache, given a GET request: `Ok` when the
 /// response may be stored and is worth storing: it is still fresh
-/// (`fresh_for` is what is left of its lifetime on arrival), or has a
+/// (`fresh_for` gives what is left of its lifetime on arrival), or has a
 /// validator to revalidate with, or a stale-* window to be served in.
+/// `fresh_for` is asked last: responses refused earlier (`private`,
+/// `no-store`, ...) never read the clock or parse dates.
 pub(crate) fn storable(
     req: &StoreRequest,
     status: StatusCode,
     headers: &HeaderMap,
     cc: &ResponseCc,
-    fresh_for: Duration,
+    fresh_for: impl FnOnce() -> Duration,
 ) -> Result<(), NotStorable> {
     if req.cc.no_store {
         return Err(NotStorable::RequestNoStore);
@@ -341,12 +343,15 @@ pub(crate) fn storable(
     }
     let explicit = cc.explicit() || headers.contains_key(EXPIRES);
     let heuristic = cc.public || heuristically_cacheable(status);
-    let useful = !fresh_for.is_zero()
-        || headers.contains_key(ETAG)
+    if !(explicit || heuristic) {
+        return Err(NotStorable::NoFreshness);
+    }
+    let useful = headers.contains_key(ETAG)
         || headers.contains_key(LAST_MODIFIED)
         || cc.stale_while_revalidate.is_some()
-        || cc.stale_if_error.is_some();
-    if !(explicit || heuristic) || !useful {
+        || cc.stale_if_error.is_some()
+        || !fresh_for().is_zero();
+    if !useful {
         return Err(NotStorable::NoFreshness);
     }
     Ok(())
@@ -819,7 +824,7 @@ mod tests {
         let status = StatusCode::from_u16(status).unwrap();
         let cc = ResponseCc::parse(res);
         let life = freshness_lifetime(status, res, &cc, SystemTime::now(), None);
-        storable(&store_req(req), status, res, &cc, life)
+        storable(&store_req(req), status, res, &cc, || life)
     }
 
     /// The shortcut agrees with the full rules: a response without
@@ -1170,7 +1175,7 @@ mod tests {
                 let req = RequestCc::parse(&map);
                 let life = freshness_lifetime(StatusCode::OK, &map, &res, now, None);
                 let _ = initial_age(&map, now, Duration::from_secs(1));
-                let _ = storable(&StoreRequest::new(&map, req, false), StatusCode::OK, &map, &res, life);
+                let _ = storable(&StoreRequest::new(&map, req, false), StatusCode::OK, &map, &res, || life);
                 let _ = decide(&res, &req, Duration::from_secs(DELTA_MAX), life, Duration::MAX);
                 let _ = stale_if_error(&res, &req, Duration::MAX, Duration::MAX);
                 let _ = not_modified(&map, StatusCode::OK, &map);

@@ -112,7 +112,16 @@ pub(crate) struct Freshness {
 
 impl Freshness {
     pub(crate) fn of(status: StatusCode, headers: &HeaderMap, timing: Timing) -> Self {
-        let cc = ResponseCc::parse(headers);
+        Self::with_cc(ResponseCc::parse(headers), status, headers, timing)
+    }
+
+    /// [`of`](Self::of) with the response's `Cache-Control` already parsed.
+    pub(crate) fn with_cc(
+        cc: ResponseCc,
+        status: StatusCode,
+        headers: &HeaderMap,
+        timing: Timing,
+    ) -> Self {
         let lifetime =
             policy::freshness_lifetime(status, headers, &cc, timing.received, timing.default_ttl);
         let delay = timing
