@@ -4,11 +4,10 @@
 //! `cargo bench --bench latency -- --warm-up-time 1 --measurement-time 3`
 //!
 //! Prints, from interleaved rounds, each variant's ns/request and its
-//! overhead over bare, and for reference what the layer's two clock reads
-//! cost here: the dev-dependency tokio has `test-util`, whose
-//! `tokio::time::Instant::now()` first checks for a paused clock, so this
-//! bench pays slightly more per read than an application build (plain
-//! `std::time::Instant`).
+//! overhead over bare, and for reference what two clock reads cost here:
+//! `quanta` (the time-stamp counter, the layer's default clock), and
+//! `tokio::time::Instant` (`LatencyLayer::tokio_clock`) and
+//! `std::time::Instant`, each a `clock_gettime` call.
 //! The side-by-side with `axum-prometheus` on an axum router is
 //! `cargo bench -p tower-perf-bench --bench latency_peers`.
 
@@ -96,6 +95,13 @@ fn main() {
             "clock: tokio Instant::now + elapsed",
             Box::new(|| {
                 black_box(black_box(tokio::time::Instant::now()).elapsed());
+            }),
+        ),
+        (
+            "clock: quanta Instant::now + elapsed",
+            Box::new(|| {
+                let start = black_box(quanta::Instant::now());
+                black_box(quanta::Instant::now().saturating_duration_since(start));
             }),
         ),
         (

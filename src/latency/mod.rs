@@ -164,6 +164,7 @@
 //! about a quarter as much per request.
 
 mod body;
+mod clock;
 mod future;
 mod handles;
 mod labels;

@@ -10,17 +10,16 @@ use std::{
     time::Duration,
 };
 
-use http::StatusCode;
-use metrics::{Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit};
-use tokio::time::Instant;
-
 use super::{
+    clock::{Clock, Start},
     handles::{Handle, Handles, Recorders},
     labels::{Failure, Names, SeriesKey, GRPC_UNIMPLEMENTED, METHODS},
     summary::{Buckets, RouteSummary},
     Naming,
 };
 use crate::route::UNMATCHED;
+use http::StatusCode;
+use metrics::{Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit};
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
@@ -39,6 +38,7 @@ pub(crate) struct Config {
     pub(crate) stop_at_headers: bool,
     pub(crate) stop_at_headers_routes: Vec<Arc<str>>,
     pub(crate) summary: bool,
+    pub(crate) clock: Clock,
 }
 
 impl Config {
@@ -55,6 +55,7 @@ impl Default for Config {
             stop_at_headers: false,
             stop_at_headers_routes: Vec::new(),
             summary: false,
+            clock: Clock::Tsc,
         }
     }
 }
@@ -170,6 +171,7 @@ impl Route {
 
 impl Registry {
     pub(crate) fn new(config: Config) -> Self {
+        config.clock.warm_up();
         let names = config.naming.names();
         let route = |name: &str, overflow| {
             Route::new(
@@ -396,7 +398,7 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 #[derive(Debug)]
 pub(crate) struct Recording {
     registry: Arc<Registry>,
-    start: Instant,
+    start: Start,
     route: RouteRef,
     /// The active-requests gauge of a spare recorder (boxed: the rare
     /// path); `None` when it is in write-once slot `slot`.
@@ -420,7 +422,7 @@ impl Recording {
         method: u8,
         grpc: bool,
         head: bool,
-        start: Instant,
+        start: Start,
     ) -> Self {
         let (slot, spare) = metrics::with_recorder(|recorder| {
             let slot = registry.recorders.slot(recorder);
@@ -559,7 +561,7 @@ mod tests {
         let request = || {
             let route = registry.lookup("/r");
             let mut recording =
-                Recording::start(registry.clone(), route, 0, false, false, Instant::now());
+                Recording::start(registry.clone(), route, 0, false, false, Clock::Tsc.now());
             recording.headers(StatusCode::OK, None);
             recording.finish();
         };
@@ -582,7 +584,7 @@ mod tests {
                 0,
                 false,
                 false,
-                Instant::now(),
+                Clock::Tsc.now(),
             )
         });
         assert_eq!(seen(a), (0, 1.0));
