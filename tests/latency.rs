@@ -203,9 +203,9 @@ async fn clock_stops_at_end_of_body_or_at_headers() {
     assert_eq!(metrics.samples(&at("/sse")), vec![0.1]);
 }
 
-/// The default clock (the CPU's time-stamp counter, through `quanta`), here
-/// quanta's mock clock advanced by hand: the clock runs from the call to the
-/// end of the body, or to the headers, or to a cancellation.
+/// A `quanta` clock (the default kind: the CPU's time-stamp counter), here
+/// quanta's mock advanced by hand: the clock runs from the call to the end of
+/// the body, or to the headers, or to a cancellation.
 #[test]
 fn the_default_clock_times_to_the_end_of_body_or_headers_or_cancellation() {
     use futures::FutureExt;
@@ -216,6 +216,7 @@ fn the_default_clock_times_to_the_end_of_body_or_headers_or_cancellation() {
     let mut metrics = Metrics::new(&recorder);
     let (clock, mock) = quanta::Clock::mock();
     let layer = LatencyLayer::new()
+        .clock(clock)
         .route_fn(|req: &Request<()>| Some(req.uri().path().to_owned()))
         .stop_clock_at_headers_on("/sse");
     let mut svc = layer.layer(tower::service_fn(|_req: Request<()>| {
@@ -223,19 +224,17 @@ fn the_default_clock_times_to_the_end_of_body_or_headers_or_cancellation() {
     }));
     let ms = Duration::from_millis;
 
-    quanta::with_clock(&clock, || {
-        for path in ["/download", "/sse", "/gone"] {
-            let future = svc.call(Request::get(path).body(()).unwrap());
-            mock.increment(ms(100)); // to the headers
-            if path == "/gone" {
-                drop(future);
-                continue;
-            }
-            let res = future.now_or_never().unwrap().unwrap();
-            mock.increment(ms(1000)); // to the end of the body
-            res.into_body().collect().now_or_never().unwrap().unwrap();
+    for path in ["/download", "/sse", "/gone"] {
+        let future = svc.call(Request::get(path).body(()).unwrap());
+        mock.increment(ms(100)); // to the headers
+        if path == "/gone" {
+            drop(future);
+            continue;
         }
-    });
+        let res = future.now_or_never().unwrap().unwrap();
+        mock.increment(ms(1000)); // to the end of the body
+        res.into_body().collect().now_or_never().unwrap().unwrap();
+    }
 
     let at = |route, status| {
         let mut labels = vec![("http.request.method", "GET"), ("http.route", route)];

@@ -89,6 +89,16 @@ impl<R> LatencyLayer<R> {
         self.configure(|c| c.stop_at_headers_routes.push(route.as_ref().into()))
     }
 
+    /// Times requests with this `quanta` clock (`quanta` 0.12).
+    ///
+    /// The default, `quanta::Clock::new()`, reads the CPU's time-stamp
+    /// counter (see the [module docs](super#cost-and-the-recorder)). Tests
+    /// can pass the clock of `quanta::Clock::mock()` and advance its `Mock`
+    /// by hand: durations are then exactly the advances.
+    pub fn clock(self, clock: quanta::Clock) -> Self {
+        self.configure(|c| c.clock = Clock::Quanta(clock))
+    }
+
     /// Times requests with `tokio::time::Instant` instead of the CPU's
     /// time-stamp counter, so that durations follow tokio's clock: under
     /// paused time (`#[tokio::test(start_paused = true)]`,

@@ -55,7 +55,7 @@ impl Default for Config {
             stop_at_headers: false,
             stop_at_headers_routes: Vec::new(),
             summary: false,
-            clock: Clock::Tsc,
+            clock: Clock::default(),
         }
     }
 }
@@ -111,7 +111,9 @@ pub(crate) enum RouteRef {
     Overflow(bool),
     Known(Arc<Route>),
     /// Not admitted yet: admitted (under the cap) once an outcome is recorded.
-    New(Arc<str>),
+    /// Boxed so that a route is two words: only a route's first requests
+    /// (and unknown gRPC methods) come here, and they allocate the name anyway.
+    New(Box<Arc<str>>),
 }
 
 impl Route {
@@ -171,7 +173,6 @@ impl Route {
 
 impl Registry {
     pub(crate) fn new(config: Config) -> Self {
-        config.clock.warm_up();
         let names = config.naming.names();
         let route = |name: &str, overflow| {
             Route::new(
@@ -218,7 +219,7 @@ impl Registry {
         if self.is_full(routes.len()) {
             return RouteRef::Overflow(self.config.stops_at_headers(name));
         }
-        RouteRef::New(name.into())
+        RouteRef::New(Box::new(name.into()))
     }
 
     #[inline]
@@ -403,9 +404,6 @@ pub(crate) struct Recording {
     /// The active-requests gauge of a spare recorder (boxed: the rare
     /// path); `None` when it is in write-once slot `slot`.
     spare: Option<Box<Gauge>>,
-    /// Nanoseconds to the response headers, when the clock stopped there
-    /// (`u64::MAX` while it runs).
-    stopped: u64,
     key: SeriesKey,
     slot: u8,
     grpc: bool,
@@ -446,7 +444,6 @@ impl Recording {
             start,
             route,
             spare,
-            stopped: u64::MAX,
             key: SeriesKey {
                 method,
                 status: None,
@@ -472,8 +469,7 @@ impl Recording {
             self.key.grpc = grpc_status;
         }
         if self.stop_at_headers && !self.finished {
-            let nanos = self.start.elapsed().as_nanos();
-            self.stopped = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
+            self.start = self.registry.config.clock.stop(self.start);
             // Only a gRPC status still to come in trailers holds the record back.
             if !self.grpc || grpc_status.is_some() {
                 self.finish();
@@ -507,10 +503,7 @@ impl Recording {
                 self.key.failure = Some(Failure::Service);
             }
         }
-        let elapsed = match self.stopped {
-            u64::MAX => self.start.elapsed(),
-            nanos => Duration::from_nanos(nanos),
-        };
+        let elapsed = self.registry.config.clock.elapsed(self.start);
         self.registry
             .record(&self.route, self.key, elapsed, self.slot);
     }
@@ -560,8 +553,14 @@ mod tests {
         let registry = Arc::new(Registry::new(Config::default()));
         let request = || {
             let route = registry.lookup("/r");
-            let mut recording =
-                Recording::start(registry.clone(), route, 0, false, false, Clock::Tsc.now());
+            let mut recording = Recording::start(
+                registry.clone(),
+                route,
+                0,
+                false,
+                false,
+                Clock::default().now(),
+            );
             recording.headers(StatusCode::OK, None);
             recording.finish();
         };
@@ -584,7 +583,7 @@ mod tests {
                 0,
                 false,
                 false,
-                Clock::Tsc.now(),
+                Clock::default().now(),
             )
         });
         assert_eq!(seen(a), (0, 1.0));
