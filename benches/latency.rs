@@ -19,9 +19,8 @@ use std::{
 
 use bytes::Bytes;
 use criterion::Criterion;
-use futures::FutureExt;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::hint::black_box;
 use tower::{Service, ServiceBuilder};
@@ -38,9 +37,13 @@ where
     B::Error: std::fmt::Debug,
 {
     let req = Request::get("/users/42").body(()).unwrap();
-    let res = svc.call(req).now_or_never().unwrap().unwrap();
-    let mut body = res.into_body();
-    while let Some(frame) = body.frame().now_or_never().unwrap() {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let fut = std::pin::pin!(svc.call(req));
+    let std::task::Poll::Ready(res) = std::future::Future::poll(fut, &mut cx) else {
+        panic!("ready at once")
+    };
+    let mut body = std::pin::pin!(res.unwrap().into_body());
+    while let std::task::Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut cx) {
         black_box(frame.unwrap());
     }
 }
@@ -49,7 +52,9 @@ fn handler(_req: Request<()>) -> std::future::Ready<Result<Response<Full<Bytes>>
     std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"user")))))
 }
 
-fn layer() -> LatencyLayer<fn(&Request<()>) -> Option<&'static str>> {
+/// A closure, as users write route functions (a `fn` pointer would cost
+/// an indirect call).
+fn layer() -> LatencyLayer<impl Fn(&Request<()>) -> Option<&'static str> + Clone> {
     LatencyLayer::new()
         .naming(Naming::Prometheus)
         .route_fn(|_req: &Request<()>| Some("/users/{id}"))
@@ -234,7 +239,8 @@ fn main() {
             .iter_mut()
             .find(|(n, _)| *n == only)
             .expect("a variant name");
-        run(name, &mut || (0..100_000).for_each(|_| f()));
+        let n = std::env::var("LATENCY_BENCH_N").map_or(100_000, |n| n.parse().unwrap());
+        run(name, &mut || (0..n).for_each(|_| f()));
         return;
     }
     for (name, f) in &mut variants {

@@ -8,11 +8,7 @@ use bytes::Bytes;
 use http::Response;
 use pin_project_lite::pin_project;
 
-use super::{
-    labels::{classify_error, grpc_code},
-    state::Recording,
-    LatencyBody,
-};
+use super::{labels::classify_error, state::Recording, LatencyBody};
 
 pin_project! {
     /// Response future of [`Latency`](super::Latency).
@@ -34,6 +30,7 @@ where
 {
     type Output = Result<Response<LatencyBody<B>>, E>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
@@ -42,19 +39,26 @@ where
             .take()
             .expect("ResponseFuture polled after completion");
         Poll::Ready(match result {
-            Ok(res) => {
-                // A trailers-only gRPC response carries its status in the headers.
-                let grpc = recording
-                    .is_grpc()
-                    .then(|| res.headers().get("grpc-status").map(grpc_code))
-                    .flatten();
-                recording.headers(res.status(), grpc);
+            // The common case in line, the rest out of line: handing the
+            // response's address to a call would cost the caller copies.
+            Ok(res) if !recording.reads_headers() => {
+                recording.status(res.status());
                 Ok(res.map(|body| LatencyBody::new(body, recording)))
             }
+            Ok(res) => Ok(read_headers(res, recording)),
             Err(e) => {
                 recording.fail(classify_error(&e));
                 Err(e)
             }
         })
     }
+}
+
+#[inline(never)]
+fn read_headers<B: http_body::Body>(
+    res: Response<B>,
+    mut recording: Recording,
+) -> Response<LatencyBody<B>> {
+    recording.headers(res.status(), res.headers());
+    res.map(|body| LatencyBody::new(body, recording))
 }

@@ -13,12 +13,12 @@ use std::{
 use super::{
     clock::{Clock, Start},
     handles::{Handle, Handles, Recorders},
-    labels::{Failure, Names, SeriesKey, GRPC_UNIMPLEMENTED, METHODS},
+    labels::{grpc_code, Failure, Names, SeriesKey, GRPC_UNIMPLEMENTED, METHODS},
     summary::{Buckets, RouteSummary},
     Naming,
 };
 use crate::route::UNMATCHED;
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use metrics::{Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit};
 
 static METADATA: Metadata<'static> =
@@ -413,7 +413,7 @@ pub(crate) struct Recording {
 }
 
 impl Recording {
-    #[inline]
+    #[inline(never)]
     pub(crate) fn start(
         registry: Arc<Registry>,
         route: RouteRef,
@@ -457,17 +457,29 @@ impl Recording {
         }
     }
 
-    pub(crate) fn is_grpc(&self) -> bool {
-        self.grpc
+    /// Whether the response headers matter beyond their status: for gRPC
+    /// (a trailers-only response's status) or to stop the clock there.
+    #[inline]
+    pub(crate) fn reads_headers(&self) -> bool {
+        self.grpc || self.stop_at_headers
     }
 
-    /// The response headers arrived.
+    /// The response status, when no more of the headers matters.
     #[inline]
-    pub(crate) fn headers(&mut self, status: StatusCode, grpc_status: Option<u8>) {
+    pub(crate) fn status(&mut self, status: StatusCode) {
         self.key.status = Some(status);
-        if self.grpc {
-            self.key.grpc = grpc_status;
-        }
+    }
+
+    /// The response headers arrived; `headers` reads a trailers-only gRPC
+    /// response's status.
+    pub(crate) fn headers(&mut self, status: StatusCode, headers: &HeaderMap) {
+        self.key.status = Some(status);
+        let grpc_status = if self.grpc {
+            self.key.grpc = headers.get("grpc-status").map(grpc_code);
+            self.key.grpc
+        } else {
+            None
+        };
         if self.stop_at_headers && !self.finished {
             self.start = self.registry.config.clock.stop(self.start);
             // Only a gRPC status still to come in trailers holds the record back.
@@ -477,10 +489,11 @@ impl Recording {
         }
     }
 
-    /// Trailers arrived.
-    pub(crate) fn grpc_status(&mut self, code: u8) {
-        if self.grpc {
-            self.key.grpc = Some(code);
+    /// Trailers arrived: a gRPC response's status.
+    #[inline(never)]
+    pub(crate) fn trailers(&mut self, trailers: &HeaderMap) {
+        if let Some(status) = trailers.get("grpc-status").filter(|_| self.grpc) {
+            self.key.grpc = Some(grpc_code(status));
         }
     }
 
@@ -491,11 +504,21 @@ impl Recording {
         }
     }
 
+    /// Records the request and leaves the gauge.
+    #[inline(never)]
+    pub(crate) fn end(mut self) {
+        self.finish();
+    }
+
     /// Records the request, once.
+    #[inline]
     pub(crate) fn finish(&mut self) {
-        if self.finished {
-            return;
+        if !self.finished {
+            self.record();
         }
+    }
+
+    fn record(&mut self) {
         self.finished = true;
         if self.grpc && self.key.grpc.is_none() && self.key.failure.is_none() {
             // A gRPC response that ended without a status.
@@ -509,14 +532,23 @@ impl Recording {
     }
 }
 
-impl Drop for Recording {
-    fn drop(&mut self) {
-        // hyper drops a HEAD response's body unpolled: that is its end.
-        let ended = self.head && self.key.status.is_some();
-        if !self.finished && !ended {
+impl Recording {
+    /// Dropped unfinished: the client went away, unless this is a HEAD
+    /// response's body, which hyper drops unpolled (that is its end).
+    #[cold]
+    fn end_early(&mut self) {
+        if !(self.head && self.key.status.is_some()) {
             self.key.failure = Some(Failure::Cancelled);
         }
-        self.finish();
+        self.record();
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.end_early();
+        }
         // The gauge incremented when the request entered, whatever the recorder is now.
         match &self.spare {
             Some(gauge) => gauge.decrement(1.0),
@@ -561,7 +593,7 @@ mod tests {
                 false,
                 Clock::default().now(),
             );
-            recording.headers(StatusCode::OK, None);
+            recording.status(StatusCode::OK);
             recording.finish();
         };
         let recorders: Vec<_> = (0..4).map(|_| DebuggingRecorder::new()).collect();
@@ -588,7 +620,7 @@ mod tests {
         });
         assert_eq!(seen(a), (0, 1.0));
         metrics::with_local_recorder(b, || {
-            open.headers(StatusCode::OK, None);
+            open.status(StatusCode::OK);
             open.finish();
             drop(open);
         });
