@@ -205,10 +205,16 @@ impl Registry {
     #[inline]
     pub(crate) fn lookup(&self, name: &str) -> RouteRef {
         let i = (name.as_ptr() as usize >> 3) % HINTS;
-        let slot = &self.hints[i];
-        if slot.get().is_some_and(|r| &*r.name == name) {
+        if self.hints[i].get().is_some_and(|r| &*r.name == name) {
+            // In line: the caller gets the route in a register.
             return RouteRef::Hint(i as u8);
         }
+        self.lookup_map(name, i)
+    }
+
+    #[inline(never)]
+    fn lookup_map(&self, name: &str, i: usize) -> RouteRef {
+        let slot = &self.hints[i];
         let routes = read(&self.routes);
         if let Some(route) = routes.get(name) {
             let _ = slot.set(route.clone());
@@ -289,6 +295,26 @@ impl Registry {
             let method = SharedString::const_str(METHODS[usize::from(method)]);
             let labels = vec![Label::new(self.names.method, method)];
             recorder.register_gauge(&Key::from_parts(self.names.active, labels), &METADATA)
+        })
+    }
+
+    /// Counts a request of `method` in the active-requests gauge of the
+    /// current recorder: that recorder's slot, and its gauge if the slot is
+    /// the spare one.
+    #[inline(never)]
+    fn enter(&self, method: u8) -> (u8, Option<Box<Gauge>>) {
+        metrics::with_recorder(|recorder| {
+            let slot = self.recorders.slot(recorder);
+            match self.active(method, slot, recorder) {
+                Handle::Fixed(gauge) => {
+                    gauge.increment(1.0);
+                    (slot, None)
+                }
+                Handle::Spare(gauge) => {
+                    gauge.increment(1.0);
+                    (slot, Some(Box::new(gauge)))
+                }
+            }
         })
     }
 
@@ -413,7 +439,7 @@ pub(crate) struct Recording {
 }
 
 impl Recording {
-    #[inline(never)]
+    #[inline]
     pub(crate) fn start(
         registry: Arc<Registry>,
         route: RouteRef,
@@ -422,19 +448,7 @@ impl Recording {
         head: bool,
         start: Start,
     ) -> Self {
-        let (slot, spare) = metrics::with_recorder(|recorder| {
-            let slot = registry.recorders.slot(recorder);
-            match registry.active(method, slot, recorder) {
-                Handle::Fixed(gauge) => {
-                    gauge.increment(1.0);
-                    (slot, None)
-                }
-                Handle::Spare(gauge) => {
-                    gauge.increment(1.0);
-                    (slot, Some(Box::new(gauge)))
-                }
-            }
-        });
+        let (slot, spare) = registry.enter(method);
         Self {
             // Routes only matter when some are configured.
             stop_at_headers: registry.config.stop_at_headers
