@@ -33,32 +33,55 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        // The common case in line, the rest (gRPC, clock stopping at the
+        // headers) out of line: reading the response's headers in line would
+        // hand its address to a call and cost the caller copies of it.
+        if this
+            .recording
+            .as_ref()
+            .is_some_and(Recording::reads_headers)
+        {
+            return poll_reading_headers(this.inner, this.recording, cx);
+        }
         let result = ready!(this.inner.poll(cx));
         let mut recording = this
             .recording
             .take()
             .expect("ResponseFuture polled after completion");
         Poll::Ready(match result {
-            // The common case in line, the rest out of line: handing the
-            // response's address to a call would cost the caller copies.
-            Ok(res) if !recording.reads_headers() => {
+            Ok(res) => {
                 recording.status(res.status());
                 Ok(res.map(|body| LatencyBody::new(body, recording)))
             }
-            Ok(res) => Ok(read_headers(res, recording)),
-            Err(e) => {
-                recording.fail(classify_error(&e));
-                Err(e)
-            }
+            Err(e) => Err(fail(recording, e)),
         })
     }
 }
 
 #[inline(never)]
-fn read_headers<B: http_body::Body>(
-    res: Response<B>,
-    mut recording: Recording,
-) -> Response<LatencyBody<B>> {
-    recording.headers(res.status(), res.headers());
-    res.map(|body| LatencyBody::new(body, recording))
+fn poll_reading_headers<F, B, E>(
+    inner: Pin<&mut F>,
+    recording: &mut Option<Recording>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<LatencyBody<B>>, E>>
+where
+    E: 'static,
+    F: Future<Output = Result<Response<B>, E>>,
+    B: http_body::Body<Data = Bytes>,
+{
+    let result = ready!(inner.poll(cx));
+    let mut recording = recording.take().expect("polled after completion");
+    Poll::Ready(match result {
+        Ok(res) => {
+            recording.headers(res.status(), res.headers());
+            Ok(res.map(|body| LatencyBody::new(body, recording)))
+        }
+        Err(e) => Err(fail(recording, e)),
+    })
+}
+
+/// The inner service failed: records why.
+fn fail<E: 'static>(mut recording: Recording, e: E) -> E {
+    recording.fail(classify_error(&e));
+    e
 }
