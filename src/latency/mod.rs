@@ -72,18 +72,19 @@
 //!
 //! Requests are timed with a `quanta::Clock`, which reads the CPU's
 //! time-stamp counter and scales only the difference to nanoseconds, with a
-//! calibration `quanta` runs once per process, when the first layer is built
-//! (up to 200 ms). Where the CPU has no invariant counter, `quanta` falls
-//! back to the OS monotonic clock. For tests, [`tokio_clock`](LatencyLayer::tokio_clock)
-//! times with `tokio::time::Instant` so that paused time
+//! calibration `quanta` runs once per process, when the first layer is
+//! built (about 0.6 ms on the machine below; `quanta` caps it at 200 ms).
+//! Where the CPU has no invariant counter, `quanta` falls back to the OS
+//! monotonic clock. For tests, [`tokio_clock`](LatencyLayer::tokio_clock)
+//! times with `tokio::time::Instant`, so that paused time
 //! (`#[tokio::test(start_paused = true)]`) gives exact virtual durations,
 //! and [`clock`](LatencyLayer::clock) takes any `quanta` clock, such as the
 //! mock of `quanta::Clock::mock()`, advanced by hand.
 //!
 //! Measured per request (`cargo bench --bench latency -- --warm-up-time 1
 //! --measurement-time 3`, in process, best of 15 interleaved rounds, on a
-//! shared and loaded 2-core VM): about 90–110 ns over a bare `tower`
-//! service with the no-op recorder and about 130 ns (1.9×) with the
+//! shared and loaded 2-core VM): about 75–105 ns over a bare `tower`
+//! service with the no-op recorder and about 125 ns (1.9×) with the
 //! Prometheus recorder, against a target of 100 ns. What it is made of:
 //! - the two clock reads, 19 ns (two `std::time::Instant` or
 //!   `tokio::time::Instant` reads, `clock_gettime` calls, cost 49–51 ns
@@ -93,7 +94,7 @@
 //!   generation count, and the histogram's sample);
 //! - wrapping the response future and body with the per-request record
 //!   (64 bytes): about 5 ns;
-//! - the layer's own work, the remaining 70–80 ns (about 700 instructions
+//! - the layer's own work, the remaining 65–70 ns (about 620 instructions
 //!   under `callgrind`): the route (the label's hint slot and a string
 //!   compare), the registry's reference count, the recorder's slot (a
 //!   thread-local and two loads), the gauge handle, the series and its
@@ -103,8 +104,11 @@
 //! Inside an axum `Router` (`perf/benches/latency_peers.rs`) axum adds its
 //! own per-layer cost (it clones the layered service per request and boxes
 //! the layer's response future and body); there the layer costs about
-//! 290–380 ns with the Prometheus recorder, about a quarter of
-//! `axum-prometheus` (about 1.4 µs) on the same router and recorder.
+//! 285–330 ns with the Prometheus recorder, about a fifth of
+//! `axum-prometheus` (about 1.3–1.5 µs) on the same router and recorder
+//! (`cargo bench -p tower-perf-bench --bench latency_peers -- --warm-up-time
+//! 1 --measurement-time 3`, best of interleaved rounds and criterion
+//! medians).
 //!
 //! # Example
 //!
@@ -175,7 +179,7 @@
 //! response headers. This layer only emits through `metrics` (you choose the
 //! exporter and buckets), serves tonic and hyper as well, stops the clock at
 //! the end of the body, caps series, counts cancelled requests, and costs
-//! about a quarter as much per request.
+//! about a fifth as much per request.
 
 mod body;
 mod clock;
