@@ -70,7 +70,9 @@ where
     B: http_body::Body<Data = Bytes>,
 {
     let result = ready!(inner.poll(cx));
-    let mut recording = recording.take().expect("polled after completion");
+    let mut recording = recording
+        .take()
+        .expect("ResponseFuture polled after completion");
     Poll::Ready(match result {
         Ok(res) => {
             recording.headers(res.status(), res.headers());

@@ -54,26 +54,6 @@ impl<S, R> Latency<S, R> {
     }
 }
 
-impl<S, R> Latency<S, R> {
-    /// The route of `req`. Inlined, with the registry lookup out of line, so
-    /// that the request's address does not escape and it moves to the inner
-    /// service without a copy.
-    #[inline]
-    fn route<B>(&self, req: &Request<B>, grpc: bool) -> RouteRef
-    where
-        R: RouteFn<B>,
-    {
-        let grpc_route = if grpc { grpc_method(req) } else { None };
-        match grpc_route.or_else(|| matched_path(req)) {
-            Some(route) => self.registry.lookup(route),
-            None => match self.route_fn.route(req) {
-                Some(route) => self.registry.lookup(route.as_ref()),
-                None => RouteRef::Unmatched,
-            },
-        }
-    }
-}
-
 impl<S: fmt::Debug, R> fmt::Debug for Latency<S, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Latency")
@@ -103,7 +83,14 @@ where
         let start = self.registry.config.clock.now();
         // gRPC runs over HTTP/2 only: HTTP/1 requests skip the header lookup.
         let grpc = req.version() == Version::HTTP_2 && is_grpc(&req);
-        let route = self.route(&req, grpc);
+        let grpc_route = if grpc { grpc_method(&req) } else { None };
+        let route = match grpc_route.or_else(|| matched_path(&req)) {
+            Some(route) => self.registry.lookup(route),
+            None => match self.route_fn.route(&req) {
+                Some(route) => self.registry.lookup(route.as_ref()),
+                None => RouteRef::Unmatched,
+            },
+        };
         let recording = Recording::start(
             self.registry.clone(),
             route,
