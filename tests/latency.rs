@@ -170,7 +170,9 @@ async fn clock_stops_at_end_of_body_or_at_headers() {
     let _guard = metrics::set_default_local_recorder(&recorder);
     let mut metrics = Metrics::new(&recorder);
 
+    // tokio's clock: durations are the virtual ones.
     let layer = LatencyLayer::new()
+        .tokio_clock()
         .route_fn(|req: &Request<()>| Some(req.uri().path().to_owned()))
         .stop_clock_at_headers_on("/sse");
     let svc = ServiceBuilder::new()
@@ -201,13 +203,61 @@ async fn clock_stops_at_end_of_body_or_at_headers() {
     assert_eq!(metrics.samples(&at("/sse")), vec![0.1]);
 }
 
+/// A `quanta` clock (the default kind: the CPU's time-stamp counter), here
+/// quanta's mock advanced by hand: the clock runs from the call to the end of
+/// the body, or to the headers, or to a cancellation.
+#[test]
+fn the_default_clock_times_to_the_end_of_body_or_headers_or_cancellation() {
+    use futures::FutureExt;
+    use tower::{Layer, Service};
+
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut metrics = Metrics::new(&recorder);
+    let (clock, mock) = quanta::Clock::mock();
+    let layer = LatencyLayer::new()
+        .clock(clock)
+        .route_fn(|req: &Request<()>| Some(req.uri().path().to_owned()))
+        .stop_clock_at_headers_on("/sse");
+    let mut svc = layer.layer(tower::service_fn(|_req: Request<()>| {
+        std::future::ready(Ok::<_, Infallible>(ok("body")))
+    }));
+    let ms = Duration::from_millis;
+
+    for path in ["/download", "/sse", "/gone"] {
+        let future = svc.call(Request::get(path).body(()).unwrap());
+        mock.increment(ms(100)); // to the headers
+        if path == "/gone" {
+            drop(future);
+            continue;
+        }
+        let res = future.now_or_never().unwrap().unwrap();
+        mock.increment(ms(1000)); // to the end of the body
+        res.into_body().collect().now_or_never().unwrap().unwrap();
+    }
+
+    let at = |route, status| {
+        let mut labels = vec![("http.request.method", "GET"), ("http.route", route)];
+        labels.push(status);
+        labels
+    };
+    let ok = ("http.response.status_code", "200");
+    assert_eq!(metrics.samples(&at("/download", ok)), vec![1.1]);
+    assert_eq!(metrics.samples(&at("/sse", ok)), vec![0.1]);
+    let cancelled = ("error.type", "cancelled");
+    assert_eq!(metrics.samples(&at("/gone", cancelled)), vec![0.1]);
+    assert_eq!(metrics.active(), 0.0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn cancelled_futures_and_dropped_bodies_are_recorded_and_leave_the_gauge() {
     let recorder = DebuggingRecorder::new();
     let _guard = metrics::set_default_local_recorder(&recorder);
     let mut metrics = Metrics::new(&recorder);
 
-    let layer = LatencyLayer::new().route_fn(|req: &Request<()>| Some(req.uri().path().to_owned()));
+    let layer = LatencyLayer::new()
+        .tokio_clock()
+        .route_fn(|req: &Request<()>| Some(req.uri().path().to_owned()));
     let svc = ServiceBuilder::new()
         .layer(layer)
         .service_fn(|req: Request<()>| async move {
@@ -258,7 +308,7 @@ async fn service_errors_and_timeouts() {
     let mut metrics = Metrics::new(&recorder);
 
     let svc = ServiceBuilder::new()
-        .layer(LatencyLayer::new())
+        .layer(LatencyLayer::new().tokio_clock())
         .timeout(Duration::from_secs(1))
         .service_fn(|req: Request<()>| async move {
             if req.uri().path() == "/fail" {

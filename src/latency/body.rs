@@ -7,10 +7,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::{
-    labels::{grpc_code, Failure},
-    state::Recording,
-};
+use super::{labels::Failure, state::Recording};
 
 pin_project! {
     /// Response body of [`Latency`](super::Latency): the inner body, with the
@@ -30,14 +27,24 @@ pin_project! {
 }
 
 impl<B: Body> LatencyBody<B> {
-    pub(crate) fn new(inner: B, mut recording: Recording) -> Self {
+    #[inline]
+    pub(crate) fn new(inner: B, recording: Recording) -> Self {
         let recording = if inner.is_end_stream() {
-            recording.finish();
+            recording.end();
             None
         } else {
             Some(recording)
         };
         Self { inner, recording }
+    }
+}
+
+/// The body ended (or failed): records the request and leaves the
+/// active-requests gauge.
+#[inline]
+fn end(recording: &mut Option<Recording>) {
+    if let Some(recording) = recording.take() {
+        recording.end();
     }
 }
 
@@ -48,6 +55,7 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -56,10 +64,9 @@ where
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         if let Some(recording) = this.recording {
             let ended = match &frame {
-                None => true,
                 Some(Ok(frame)) => {
-                    if let Some(status) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
-                        recording.grpc_status(grpc_code(status));
+                    if let Some(trailers) = frame.trailers_ref() {
+                        recording.trailers(trailers);
                     }
                     this.inner.is_end_stream()
                 }
@@ -67,10 +74,10 @@ where
                     recording.fail(Failure::Body);
                     true
                 }
+                None => true,
             };
             if ended {
-                recording.finish();
-                *this.recording = None;
+                end(this.recording);
             }
         }
         Poll::Ready(frame)

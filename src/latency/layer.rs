@@ -3,6 +3,7 @@ use std::{fmt, sync::Arc};
 use tower_layer::Layer;
 
 use super::{
+    clock::Clock,
     state::{Config, Registry},
     Latency, LatencySummary, Naming,
 };
@@ -86,6 +87,27 @@ impl<R> LatencyLayer<R> {
     /// be called for several routes.
     pub fn stop_clock_at_headers_on(self, route: impl AsRef<str>) -> Self {
         self.configure(|c| c.stop_at_headers_routes.push(route.as_ref().into()))
+    }
+
+    /// Times requests with this `quanta` clock (`quanta` 0.12).
+    ///
+    /// The default, `quanta::Clock::new()`, reads the CPU's time-stamp
+    /// counter (see the [module docs](super#cost-and-the-recorder)). Tests
+    /// can pass the clock of `quanta::Clock::mock()` and advance its `Mock`
+    /// by hand: durations are then exactly the advances.
+    pub fn clock(self, clock: quanta::Clock) -> Self {
+        self.configure(|c| c.clock = Clock::Quanta(clock))
+    }
+
+    /// Times requests with `tokio::time::Instant` instead of the CPU's
+    /// time-stamp counter, so that durations follow tokio's clock: under
+    /// paused time (`#[tokio::test(start_paused = true)]`,
+    /// `tokio::time::advance`) they are the virtual durations, exactly.
+    ///
+    /// For tests; it costs two `clock_gettime` calls per request instead of
+    /// two counter reads (see the [module docs](super#cost-and-the-recorder)).
+    pub fn tokio_clock(self) -> Self {
+        self.configure(|c| c.clock = Clock::Tokio)
     }
 
     /// Keeps an in-process per-route summary (count, P50/P95/P99) readable

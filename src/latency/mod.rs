@@ -70,27 +70,45 @@
 //! local recorders) through a lock. Because the identity is the recorder's
 //! address, build a new layer per recorder in tests.
 //!
-//! Measured per request (`benches/latency.rs`, in process, best of
-//! interleaved rounds, on a shared and noisy 2-core VM): about 160 ns over
-//! a bare `tower` service with the no-op recorder and about 200 ns with the
-//! Prometheus recorder, against a target of 100 ns. What sets the floor:
-//! - the two clock reads (start, end of body) cost about 50 ns on that VM,
-//!   `tokio::time::Instant` and `std::time::Instant` alike (the bench prints
-//!   both; `tokio::time::Instant` so that tests can pause time);
-//! - the Prometheus recorder's own work, about 40–50 ns: the gauge's
-//!   increment and decrement and the histogram's sample, each an atomic
-//!   read-modify-write or more;
-//! - the layer's own work, about 100 ns (about 800 instructions under
-//!   `callgrind`): finding the route and the recorder's slot, the reference
-//!   count of the shared registry, the request's record moving with the
-//!   response future and body, which makes every move of the response
-//!   larger.
+//! Requests are timed with a `quanta::Clock`, which reads the CPU's
+//! time-stamp counter and scales only the difference to nanoseconds, with a
+//! calibration `quanta` runs once per process, when the first layer is
+//! built (about 0.6 ms on the machine below; `quanta` caps it at 200 ms).
+//! Where the CPU has no invariant counter, `quanta` falls back to the OS
+//! monotonic clock. For tests, [`tokio_clock`](LatencyLayer::tokio_clock)
+//! times with `tokio::time::Instant`, so that paused time
+//! (`#[tokio::test(start_paused = true)]`) gives exact virtual durations,
+//! and [`clock`](LatencyLayer::clock) takes any `quanta` clock, such as the
+//! mock of `quanta::Clock::mock()`, advanced by hand.
+//!
+//! Measured per request (`cargo bench --bench latency -- --warm-up-time 1
+//! --measurement-time 3`, in process, best of 15 interleaved rounds, on a
+//! shared and loaded 2-core VM): about 75–105 ns over a bare `tower`
+//! service with the no-op recorder and about 125 ns (1.9×) with the
+//! Prometheus recorder, against a target of 100 ns. What it is made of:
+//! - the two clock reads, 19 ns (two `std::time::Instant` or
+//!   `tokio::time::Instant` reads, `clock_gettime` calls, cost 49–51 ns
+//!   there);
+//! - the Prometheus recorder's own work, about 33 ns measured alone (the
+//!   gauge's increment and decrement, each a compare-and-swap loop plus a
+//!   generation count, and the histogram's sample);
+//! - wrapping the response future and body with the per-request record
+//!   (64 bytes): about 5 ns;
+//! - the layer's own work, the remaining 65–70 ns (about 620 instructions
+//!   under `callgrind`): the route (the label's hint slot and a string
+//!   compare), the registry's reference count, the recorder's slot (a
+//!   thread-local and two loads), the gauge handle, the series and its
+//!   histogram handle at the end of the body, and moving the record from
+//!   the future into the body.
 //!
 //! Inside an axum `Router` (`perf/benches/latency_peers.rs`) axum adds its
 //! own per-layer cost (it clones the layered service per request and boxes
 //! the layer's response future and body); there the layer costs about
-//! 290–380 ns with the Prometheus recorder, about a quarter of
-//! `axum-prometheus` (about 1.4 µs) on the same router and recorder.
+//! 285–330 ns with the Prometheus recorder, about a fifth of
+//! `axum-prometheus` (about 1.3–1.5 µs) on the same router and recorder
+//! (`cargo bench -p tower-perf-bench --bench latency_peers -- --warm-up-time
+//! 1 --measurement-time 3`, best of interleaved rounds and criterion
+//! medians).
 //!
 //! # Example
 //!
@@ -161,9 +179,10 @@
 //! response headers. This layer only emits through `metrics` (you choose the
 //! exporter and buckets), serves tonic and hyper as well, stops the clock at
 //! the end of the body, caps series, counts cancelled requests, and costs
-//! about a quarter as much per request.
+//! about a fifth as much per request.
 
 mod body;
+mod clock;
 mod future;
 mod handles;
 mod labels;

@@ -6,7 +6,6 @@ use std::{
 
 use bytes::Bytes;
 use http::{Method, Request, Response, Version};
-use tokio::time::Instant;
 use tower_service::Service;
 
 use super::{
@@ -79,8 +78,9 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let start = Instant::now();
+        let start = self.registry.config.clock.now();
         // gRPC runs over HTTP/2 only: HTTP/1 requests skip the header lookup.
         let grpc = req.version() == Version::HTTP_2 && is_grpc(&req);
         let grpc_route = if grpc { grpc_method(&req) } else { None };

@@ -10,17 +10,16 @@ use std::{
     time::Duration,
 };
 
-use http::StatusCode;
-use metrics::{Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit};
-use tokio::time::Instant;
-
 use super::{
+    clock::{Clock, Start},
     handles::{Handle, Handles, Recorders},
-    labels::{Failure, Names, SeriesKey, GRPC_UNIMPLEMENTED, METHODS},
+    labels::{grpc_code, Failure, Names, SeriesKey, GRPC_UNIMPLEMENTED, METHODS},
     summary::{Buckets, RouteSummary},
     Naming,
 };
 use crate::route::UNMATCHED;
+use http::{HeaderMap, StatusCode};
+use metrics::{Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit};
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
@@ -39,6 +38,7 @@ pub(crate) struct Config {
     pub(crate) stop_at_headers: bool,
     pub(crate) stop_at_headers_routes: Vec<Arc<str>>,
     pub(crate) summary: bool,
+    pub(crate) clock: Clock,
 }
 
 impl Config {
@@ -55,6 +55,7 @@ impl Default for Config {
             stop_at_headers: false,
             stop_at_headers_routes: Vec::new(),
             summary: false,
+            clock: Clock::default(),
         }
     }
 }
@@ -110,7 +111,9 @@ pub(crate) enum RouteRef {
     Overflow(bool),
     Known(Arc<Route>),
     /// Not admitted yet: admitted (under the cap) once an outcome is recorded.
-    New(Arc<str>),
+    /// Boxed so that a route is two words: only a route's first requests
+    /// (and unknown gRPC methods) come here, and they allocate the name anyway.
+    New(Box<Arc<str>>),
 }
 
 impl Route {
@@ -202,10 +205,16 @@ impl Registry {
     #[inline]
     pub(crate) fn lookup(&self, name: &str) -> RouteRef {
         let i = (name.as_ptr() as usize >> 3) % HINTS;
-        let slot = &self.hints[i];
-        if slot.get().is_some_and(|r| &*r.name == name) {
+        if self.hints[i].get().is_some_and(|r| &*r.name == name) {
+            // In line: the caller gets the route in a register.
             return RouteRef::Hint(i as u8);
         }
+        self.lookup_map(name, i)
+    }
+
+    #[inline(never)]
+    fn lookup_map(&self, name: &str, i: usize) -> RouteRef {
+        let slot = &self.hints[i];
         let routes = read(&self.routes);
         if let Some(route) = routes.get(name) {
             let _ = slot.set(route.clone());
@@ -216,7 +225,7 @@ impl Registry {
         if self.is_full(routes.len()) {
             return RouteRef::Overflow(self.config.stops_at_headers(name));
         }
-        RouteRef::New(name.into())
+        RouteRef::New(Box::new(name.into()))
     }
 
     #[inline]
@@ -286,6 +295,26 @@ impl Registry {
             let method = SharedString::const_str(METHODS[usize::from(method)]);
             let labels = vec![Label::new(self.names.method, method)];
             recorder.register_gauge(&Key::from_parts(self.names.active, labels), &METADATA)
+        })
+    }
+
+    /// Counts a request of `method` in the active-requests gauge of the
+    /// current recorder: that recorder's slot, and its gauge if the slot is
+    /// the spare one.
+    #[inline(never)]
+    fn enter(&self, method: u8) -> (u8, Option<Box<Gauge>>) {
+        metrics::with_recorder(|recorder| {
+            let slot = self.recorders.slot(recorder);
+            match self.active(method, slot, recorder) {
+                Handle::Fixed(gauge) => {
+                    gauge.increment(1.0);
+                    (slot, None)
+                }
+                Handle::Spare(gauge) => {
+                    gauge.increment(1.0);
+                    (slot, Some(Box::new(gauge)))
+                }
+            }
         })
     }
 
@@ -396,14 +425,11 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 #[derive(Debug)]
 pub(crate) struct Recording {
     registry: Arc<Registry>,
-    start: Instant,
+    start: Start,
     route: RouteRef,
     /// The active-requests gauge of a spare recorder (boxed: the rare
     /// path); `None` when it is in write-once slot `slot`.
     spare: Option<Box<Gauge>>,
-    /// Nanoseconds to the response headers, when the clock stopped there
-    /// (`u64::MAX` while it runs).
-    stopped: u64,
     key: SeriesKey,
     slot: u8,
     grpc: bool,
@@ -420,21 +446,9 @@ impl Recording {
         method: u8,
         grpc: bool,
         head: bool,
-        start: Instant,
+        start: Start,
     ) -> Self {
-        let (slot, spare) = metrics::with_recorder(|recorder| {
-            let slot = registry.recorders.slot(recorder);
-            match registry.active(method, slot, recorder) {
-                Handle::Fixed(gauge) => {
-                    gauge.increment(1.0);
-                    (slot, None)
-                }
-                Handle::Spare(gauge) => {
-                    gauge.increment(1.0);
-                    (slot, Some(Box::new(gauge)))
-                }
-            }
-        });
+        let (slot, spare) = registry.enter(method);
         Self {
             // Routes only matter when some are configured.
             stop_at_headers: registry.config.stop_at_headers
@@ -444,7 +458,6 @@ impl Recording {
             start,
             route,
             spare,
-            stopped: u64::MAX,
             key: SeriesKey {
                 method,
                 status: None,
@@ -458,20 +471,31 @@ impl Recording {
         }
     }
 
-    pub(crate) fn is_grpc(&self) -> bool {
-        self.grpc
+    /// Whether the response headers matter beyond their status: for gRPC
+    /// (a trailers-only response's status) or to stop the clock there.
+    #[inline]
+    pub(crate) fn reads_headers(&self) -> bool {
+        self.grpc || self.stop_at_headers
     }
 
-    /// The response headers arrived.
+    /// The response status, when no more of the headers matters.
     #[inline]
-    pub(crate) fn headers(&mut self, status: StatusCode, grpc_status: Option<u8>) {
+    pub(crate) fn status(&mut self, status: StatusCode) {
         self.key.status = Some(status);
-        if self.grpc {
-            self.key.grpc = grpc_status;
-        }
+    }
+
+    /// The response headers arrived; `headers` reads a trailers-only gRPC
+    /// response's status.
+    pub(crate) fn headers(&mut self, status: StatusCode, headers: &HeaderMap) {
+        self.key.status = Some(status);
+        let grpc_status = if self.grpc {
+            self.key.grpc = headers.get("grpc-status").map(grpc_code);
+            self.key.grpc
+        } else {
+            None
+        };
         if self.stop_at_headers && !self.finished {
-            let nanos = self.start.elapsed().as_nanos();
-            self.stopped = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
+            self.start = self.registry.config.clock.stop(self.start);
             // Only a gRPC status still to come in trailers holds the record back.
             if !self.grpc || grpc_status.is_some() {
                 self.finish();
@@ -479,10 +503,11 @@ impl Recording {
         }
     }
 
-    /// Trailers arrived.
-    pub(crate) fn grpc_status(&mut self, code: u8) {
-        if self.grpc {
-            self.key.grpc = Some(code);
+    /// Trailers arrived: a gRPC response's status.
+    #[inline(never)]
+    pub(crate) fn trailers(&mut self, trailers: &HeaderMap) {
+        if let Some(status) = trailers.get("grpc-status").filter(|_| self.grpc) {
+            self.key.grpc = Some(grpc_code(status));
         }
     }
 
@@ -493,11 +518,21 @@ impl Recording {
         }
     }
 
+    /// Records the request and leaves the gauge.
+    #[inline(never)]
+    pub(crate) fn end(mut self) {
+        self.finish();
+    }
+
     /// Records the request, once.
+    #[inline]
     pub(crate) fn finish(&mut self) {
-        if self.finished {
-            return;
+        if !self.finished {
+            self.record();
         }
+    }
+
+    fn record(&mut self) {
         self.finished = true;
         if self.grpc && self.key.grpc.is_none() && self.key.failure.is_none() {
             // A gRPC response that ended without a status.
@@ -505,23 +540,29 @@ impl Recording {
                 self.key.failure = Some(Failure::Service);
             }
         }
-        let elapsed = match self.stopped {
-            u64::MAX => self.start.elapsed(),
-            nanos => Duration::from_nanos(nanos),
-        };
+        let elapsed = self.registry.config.clock.elapsed(self.start);
         self.registry
             .record(&self.route, self.key, elapsed, self.slot);
     }
 }
 
-impl Drop for Recording {
-    fn drop(&mut self) {
-        // hyper drops a HEAD response's body unpolled: that is its end.
-        let ended = self.head && self.key.status.is_some();
-        if !self.finished && !ended {
+impl Recording {
+    /// Dropped unfinished: the client went away, unless this is a HEAD
+    /// response's body, which hyper drops unpolled (that is its end).
+    #[cold]
+    fn end_early(&mut self) {
+        if !(self.head && self.key.status.is_some()) {
             self.key.failure = Some(Failure::Cancelled);
         }
-        self.finish();
+        self.record();
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.end_early();
+        }
         // The gauge incremented when the request entered, whatever the recorder is now.
         match &self.spare {
             Some(gauge) => gauge.decrement(1.0),
@@ -558,9 +599,15 @@ mod tests {
         let registry = Arc::new(Registry::new(Config::default()));
         let request = || {
             let route = registry.lookup("/r");
-            let mut recording =
-                Recording::start(registry.clone(), route, 0, false, false, Instant::now());
-            recording.headers(StatusCode::OK, None);
+            let mut recording = Recording::start(
+                registry.clone(),
+                route,
+                0,
+                false,
+                false,
+                Clock::default().now(),
+            );
+            recording.status(StatusCode::OK);
             recording.finish();
         };
         let recorders: Vec<_> = (0..4).map(|_| DebuggingRecorder::new()).collect();
@@ -582,12 +629,12 @@ mod tests {
                 0,
                 false,
                 false,
-                Instant::now(),
+                Clock::default().now(),
             )
         });
         assert_eq!(seen(a), (0, 1.0));
         metrics::with_local_recorder(b, || {
-            open.headers(StatusCode::OK, None);
+            open.status(StatusCode::OK);
             open.finish();
             drop(open);
         });
