@@ -361,7 +361,7 @@ enum Led<B: Body> {
 /// nobody waiting: the uncontended case, streamed through untouched),
 /// `Continue` with the buffering of the body for the followers.
 #[allow(clippy::type_complexity)]
-#[inline]
+#[inline(always)]
 fn called<B, E, P>(
     res: Result<Response<B>, E>,
     publisher: &mut Publisher,
