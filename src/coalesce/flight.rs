@@ -682,8 +682,12 @@ impl Publisher {
 }
 
 impl Drop for Publisher {
+    #[inline]
     fn drop(&mut self) {
-        self.finish(None, false);
+        // Retired already on the common path: nothing to call.
+        if !self.done {
+            self.finish(None, false);
+        }
     }
 }
 
