@@ -135,7 +135,8 @@ impl StoredKey {
 }
 
 enum State {
-    /// A call in flight for this key.
+    /// A call in flight for this key, or one its leader retired alone (see
+    /// [`Slot`]), which counts as idle.
     Flight(Flight),
     /// Hit-for-miss: requests for this key go upstream on their own until then.
     Pass(Instant),
@@ -146,8 +147,9 @@ enum State {
 }
 
 /// One upstream call and the requests waiting for it. It lives in the map
-/// (no allocation of its own: an uncontended leader only inserts and removes
-/// it), and is found again by its [`FlightId`].
+/// (no allocation of its own: an uncontended leader writes it into its
+/// key's entry, and marks it retired through its [`Slot`]), and is found
+/// again by its [`FlightId`].
 struct Flight {
     id: u64,
     /// When the call first waited (its leader's first `Pending`), or when a
@@ -189,7 +191,7 @@ impl Flight {
 /// A `Held` flight retires under the lock, which frees its word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slot {
-    /// No word: the lock decides.
+    /// No word (its word was another running flight's): the lock decides.
     None,
     /// The word is `live(id)` (running, alone) or no longer (retired alone).
     Alone,
@@ -553,8 +555,8 @@ impl Map {
         Some(flight)
     }
 
-    /// Expired markers and idle entries are otherwise only reused on their
-    /// next lookup. Sweeping when the map doubles, and once per period where
+    /// Expired markers and idle entries (flights retired alone among them)
+    /// are otherwise only reused on their next lookup. Sweeping when the map doubles, and once per period where
     /// the clock is read anyway, keeps the cost amortised O(1) and the map
     /// within twice its live entries.
     fn sweep(&mut self, shared: &Shared, now: Instant) {
