@@ -130,7 +130,7 @@
 //! slot word, and the entry stays for the key's next request (keys up to 80
 //! bytes inline, longer ones copied once). A lone leader's response streams
 //! through untouched. `benches/coalesce.rs` measures it against the bare
-//! service: about 1 550 instructions over a bare `service_fn` per request
+//! service: about 1 540 instructions over a bare `service_fn` per request
 //! (`valgrind --tool=callgrind`, see the bench's docs).
 //!
 //! # Metrics
