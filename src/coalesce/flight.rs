@@ -2,12 +2,16 @@
 //! waiters, and the hit-for-miss markers.
 //!
 //! One lock guards the map and the flights in it; it is never held across an
-//! `.await`.
+//! `.await`. A leader left alone retires its flight without it, through the
+//! flight's [`Slot`]: the uncontended request locks the map once.
 
 use std::{
     collections::HashMap,
     hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
+    },
     time::Duration,
 };
 
@@ -29,6 +33,9 @@ const MIN_SWEEP: usize = 1024;
 /// distinct uncacheable URLs costs bounded memory (the keys just lose the
 /// marker and elect leaders again).
 pub(crate) const MAX_TRACKED: usize = 1 << 16;
+/// Flights that can retire without the lock at one time (more may be in
+/// flight: those take the lock to retire).
+const SLOTS: usize = 256;
 
 /// State shared by a layer and every service it builds.
 pub(crate) struct Shared {
@@ -36,6 +43,9 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     hasher: RandomState,
     map: Mutex<Map>,
+    /// The retirement word of each flight that can retire without the lock,
+    /// by flight id modulo [`SLOTS`].
+    slots: Box<[AtomicU64]>,
 }
 
 /// Pre-resolved metric handles.
@@ -125,7 +135,8 @@ impl StoredKey {
 }
 
 enum State {
-    /// A call in flight for this key.
+    /// A call in flight for this key, or one its leader retired alone (see
+    /// [`Slot`]), which counts as idle.
     Flight(Flight),
     /// Hit-for-miss: requests for this key go upstream on their own until then.
     Pass(Instant),
@@ -136,8 +147,9 @@ enum State {
 }
 
 /// One upstream call and the requests waiting for it. It lives in the map
-/// (no allocation of its own: an uncontended leader only inserts and removes
-/// it), and is found again by its [`FlightId`].
+/// (no allocation of its own: an uncontended leader writes it into its
+/// key's entry, and marks it retired through its [`Slot`]), and is found
+/// again by its [`FlightId`].
 struct Flight {
     id: u64,
     /// When the call first waited (its leader's first `Pending`), or when a
@@ -150,10 +162,11 @@ struct Flight {
     /// The leader went away and the work moved to `task`.
     detached: bool,
     task: Option<AbortHandle>,
+    slot: Slot,
 }
 
 impl Flight {
-    fn new(id: u64) -> Self {
+    fn new(id: u64, slot: Slot) -> Self {
         Self {
             id,
             started: None,
@@ -161,9 +174,42 @@ impl Flight {
             waiting: 0,
             detached: false,
             task: None,
+            slot,
         }
     }
 }
+
+/// How a flight retires.
+///
+/// A flight whose slot word (in [`Shared`]) was free when it started is
+/// `Alone`: its leader may retire it by one compare-and-swap of the word
+/// from [`live`] to [`done`], without the lock, leaving the flight in its
+/// entry to be found finished (and replaced, or swept) later. Whoever needs
+/// the flight to go on (a follower joining, a displacement) first claims
+/// the word, under the lock, from `live` to [`held`]: the swap that wins
+/// decides, so a leader never retires alone a flight somebody waits for.
+/// A `Held` flight retires under the lock, which frees its word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// No word (its word was another running flight's): the lock decides.
+    None,
+    /// The word is `live(id)` (running, alone) or no longer (retired alone).
+    Alone,
+    /// The word is `held(id)`: the lock decides.
+    Held,
+}
+
+/// Slot words: the flight id above two state bits.
+const fn live(id: u64) -> u64 {
+    id << 2
+}
+const fn held(id: u64) -> u64 {
+    id << 2 | 1
+}
+const fn done(id: u64) -> u64 {
+    id << 2 | 2
+}
+const DONE: u64 = 2;
 
 /// Where a flight is: the hash of its key and its id (unique per layer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,6 +262,74 @@ impl Shared {
                 sweep_at: MIN_SWEEP,
                 next_sweep: Instant::now(),
             }),
+            slots: (0..SLOTS).map(|_| AtomicU64::new(done(0))).collect(),
+        }
+    }
+
+    fn slot(&self, id: u64) -> &AtomicU64 {
+        &self.slots[id as usize % SLOTS]
+    }
+
+    /// A new flight (under the lock), with a slot word if its own is free.
+    fn start(&self, id: u64) -> Flight {
+        Flight::new(id, self.take_slot(id))
+    }
+
+    fn take_slot(&self, id: u64) -> Slot {
+        let word = self.slot(id);
+        // Only the lock holder takes a free word: no race.
+        if word.load(Ordering::Relaxed) & DONE != 0 {
+            word.store(live(id), Ordering::Relaxed);
+            Slot::Alone
+        } else {
+            Slot::None
+        }
+    }
+
+    /// Whether `flight` still runs (under the lock); a running flight is
+    /// held from then on, so that its leader retires it under the lock.
+    fn hold(&self, flight: &mut Flight) -> bool {
+        if flight.slot != Slot::Alone {
+            return true;
+        }
+        let word = self.slot(flight.id);
+        // Retired alone: its word is `done`, or already another flight's.
+        let running = word.load(Ordering::Acquire) == live(flight.id)
+            && word
+                .compare_exchange(
+                    live(flight.id),
+                    held(flight.id),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok();
+        if running {
+            flight.slot = Slot::Held;
+        }
+        running
+    }
+
+    /// Whether `flight` still runs, without claiming it (under the lock).
+    fn running(&self, flight: &Flight) -> bool {
+        flight.slot != Slot::Alone
+            || self.slot(flight.id).load(Ordering::Acquire) == live(flight.id)
+    }
+
+    /// Frees the word of a flight retired under the lock.
+    fn free(&self, flight: &Flight) {
+        if flight.slot != Slot::None {
+            let word = self.slot(flight.id);
+            let current = if flight.slot == Slot::Alone {
+                live(flight.id)
+            } else {
+                held(flight.id)
+            };
+            let _ = word.compare_exchange(
+                current,
+                done(flight.id),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -236,41 +350,56 @@ impl Shared {
                 if entry.key.as_bytes() != key {
                     return Join::Bypass;
                 }
+                let running = match &mut entry.state {
+                    State::Flight(flight) => self.hold(flight),
+                    _ => false,
+                };
                 match &mut entry.state {
                     State::Pass(until) if Instant::now() < *until => return Join::Bypass,
-                    State::Flight(flight) if self.young(flight) => {
-                        // The first follower starts the age clock if the
-                        // leader did not yet.
-                        flight.started.get_or_insert_with(Instant::now);
-                        flight.waiting += 1;
-                        let (tx, rx) = oneshot::channel();
-                        flight.followers.push(tx);
-                        let waiter = Waiter {
-                            shared: self.clone(),
-                            flight: FlightId {
-                                hash,
-                                id: flight.id,
-                            },
-                            armed: true,
-                        };
-                        return Join::Follow(waiter, rx);
+                    State::Flight(flight) if running => {
+                        if self.young(flight) {
+                            // The first follower starts the age clock if the
+                            // leader did not yet.
+                            flight.started.get_or_insert_with(Instant::now);
+                            flight.waiting += 1;
+                            let (tx, rx) = oneshot::channel();
+                            flight.followers.push(tx);
+                            let waiter = Waiter {
+                                shared: self.clone(),
+                                flight: FlightId {
+                                    hash,
+                                    id: flight.id,
+                                },
+                                armed: true,
+                            };
+                            return Join::Follow(waiter, rx);
+                        }
+                        // A leader too old to queue behind: its call goes
+                        // on for the followers it has.
+                        let old =
+                            std::mem::replace(&mut entry.state, State::Flight(self.start(id)));
+                        if let State::Flight(old) = old {
+                            map.displaced.insert(old.id, old);
+                        }
                     }
-                    // Idle, expired, or a leader too old to queue behind
-                    // (its call goes on for the followers it has).
-                    _ => {}
-                }
-                let old = std::mem::replace(&mut entry.state, State::Flight(Flight::new(id)));
-                if let State::Flight(old) = old {
-                    map.displaced.insert(old.id, old);
+                    // Retired by its leader alone: nobody ever joined it,
+                    // there is nothing to drop.
+                    State::Flight(flight) => {
+                        flight.id = id;
+                        flight.started = None;
+                        flight.slot = self.take_slot(id);
+                    }
+                    // Idle or expired: the entry is reused.
+                    _ => entry.state = State::Flight(self.start(id)),
                 }
             }
             None => {
                 if map.entries.len() >= map.sweep_at {
-                    map.sweep(Instant::now(), self.sweep_period());
+                    map.sweep(self, Instant::now());
                 }
                 let entry = Entry {
                     key: StoredKey::new(key),
-                    state: State::Flight(Flight::new(id)),
+                    state: State::Flight(self.start(id)),
                 };
                 map.entries.insert(hash, entry);
             }
@@ -309,11 +438,13 @@ impl Shared {
             .collect();
         for hash in hits {
             if let Some(Entry {
-                state: State::Flight(flight),
+                state: State::Flight(mut flight),
                 ..
             }) = map.entries.remove(&hash)
             {
-                map.displaced.insert(flight.id, flight);
+                if self.hold(&mut flight) {
+                    map.displaced.insert(flight.id, flight);
+                }
             }
         }
     }
@@ -324,7 +455,11 @@ impl Shared {
         let map = lock(&self.map);
         map.entries
             .values()
-            .filter(|e| !matches!(e.state, State::Idle))
+            .filter(|e| match &e.state {
+                State::Flight(flight) => self.running(flight),
+                State::Pass(_) => true,
+                State::Idle => false,
+            })
             .count()
     }
 
@@ -335,7 +470,7 @@ impl Shared {
         let keyed = map
             .entries
             .values()
-            .filter(|e| matches!(e.state, State::Flight(_)))
+            .filter(|e| matches!(&e.state, State::Flight(flight) if self.running(flight)))
             .count();
         keyed + map.displaced.len()
     }
@@ -397,34 +532,42 @@ impl Map {
         }
     }
 
-    /// Takes a flight out of the map. When it was still reachable by key,
-    /// its entry becomes `pass` (a hit-for-miss marker) or idle.
-    fn remove_flight(&mut self, id: FlightId, pass: Option<Instant>) -> Option<Flight> {
-        match self.entries.get_mut(&id.hash) {
+    /// Takes a flight out of the map and frees its slot word. When it was
+    /// still reachable by key, its entry becomes `pass` (a hit-for-miss
+    /// marker) or idle.
+    fn remove_flight(
+        &mut self,
+        shared: &Shared,
+        id: FlightId,
+        pass: Option<Instant>,
+    ) -> Option<Flight> {
+        let flight = match self.entries.get_mut(&id.hash) {
             Some(entry) if entry.flight(id.id).is_some() => {
                 let state = pass.map_or(State::Idle, State::Pass);
                 match std::mem::replace(&mut entry.state, state) {
-                    State::Flight(flight) => Some(flight),
+                    State::Flight(flight) => flight,
                     _ => unreachable!("checked above"),
                 }
             }
-            _ => self.displaced.remove(&id.id),
-        }
+            _ => self.displaced.remove(&id.id)?,
+        };
+        shared.free(&flight);
+        Some(flight)
     }
 
-    /// Expired markers and idle entries are otherwise only reused on their
-    /// next lookup. Sweeping when the map doubles, and once per period where
+    /// Expired markers and idle entries (flights retired alone among them)
+    /// are otherwise only reused on their next lookup. Sweeping when the map doubles, and once per period where
     /// the clock is read anyway, keeps the cost amortised O(1) and the map
     /// within twice its live entries.
-    fn sweep(&mut self, now: Instant, period: Duration) {
+    fn sweep(&mut self, shared: &Shared, now: Instant) {
         if self.entries.len() >= self.sweep_at || now >= self.next_sweep {
-            self.entries.retain(|_, e| match e.state {
-                State::Flight(_) => true,
-                State::Pass(until) => until > now,
+            self.entries.retain(|_, e| match &e.state {
+                State::Flight(flight) => shared.running(flight),
+                State::Pass(until) => *until > now,
                 State::Idle => false,
             });
             self.sweep_at = (self.entries.len() * 2).max(MIN_SWEEP);
-            self.next_sweep = now + period;
+            self.next_sweep = now + shared.sweep_period();
         }
     }
 }
@@ -449,34 +592,34 @@ impl Publisher {
 
     /// Retires the flight without an outcome when no follower waits for it
     /// (the uncontended case: the leader's response then streams through
-    /// untouched). Checked under the map lock, so no follower can join in
-    /// between.
+    /// untouched). Decided by the flight's slot word, or under the map lock,
+    /// so no follower can join in between.
     pub(crate) fn retire_if_alone(&mut self) -> bool {
-        let id = self.flight;
-        {
-            let mut map = lock(&self.shared.map);
-            let waited = |flight: &Flight| flight.detached || flight.waiting > 0;
-            // One probe of the map on the common path; the flight holds
-            // nothing to free (no follower ever joined).
-            match map.entries.get_mut(&id.hash) {
-                Some(entry) if entry.flight(id.id).is_some() => {
-                    if entry.flight(id.id).is_some_and(waited) {
-                        return false;
-                    }
-                    entry.state = State::Idle;
-                }
-                _ => {
-                    if map.displaced.get(&id.id).is_some_and(waited) {
-                        return false;
-                    }
-                    // Alone; or gone already: the last follower left a
-                    // detached flight and its work is being aborted.
-                    map.displaced.remove(&id.id);
-                }
+        if !self.retire_alone() {
+            let shared = &*self.shared;
+            let mut map = lock(&shared.map);
+            if map
+                .flight(self.flight)
+                .is_some_and(|flight| flight.detached || flight.waiting > 0)
+            {
+                return false;
             }
+            // Alone; or gone already: the last follower left a detached
+            // flight and its work is being aborted.
+            map.remove_flight(shared, self.flight, None);
         }
         self.done = true;
         true
+    }
+
+    /// The common case, without the lock: nobody joined the flight since
+    /// it started (its slot word is still `live`), and nobody can now.
+    fn retire_alone(&self) -> bool {
+        let id = self.flight.id;
+        self.shared
+            .slot(id)
+            .compare_exchange(live(id), done(id), Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// The call waits (its first `Pending`): starts the flight's age clock
@@ -488,7 +631,7 @@ impl Publisher {
         if let Some(flight) = map.flight(self.flight) {
             flight.started.get_or_insert(now);
         }
-        map.sweep(now, self.shared.sweep_period());
+        map.sweep(&self.shared, now);
     }
 
     /// Sends `outcome` to every follower; a released key is remembered as
@@ -510,18 +653,23 @@ impl Publisher {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        // Without a marker to leave, a flight nobody joined retires without
+        // the lock.
+        if !pass && self.retire_alone() {
+            return;
+        }
         let followers = {
             let mut map = lock(&self.shared.map);
             // A released key is remembered as hit-for-miss while the map is
             // within its bound (beyond it, the key just elects leaders).
             let now = pass.then(Instant::now);
             if let Some(now) = now {
-                map.sweep(now, self.shared.sweep_period());
+                map.sweep(&self.shared, now);
             }
             let until = now
                 .filter(|_| map.entries.len() < MAX_TRACKED)
                 .map(|now| now + self.shared.config.hit_for_miss);
-            let Some(flight) = map.remove_flight(self.flight, until) else {
+            let Some(flight) = map.remove_flight(&self.shared, self.flight, until) else {
                 return;
             };
             // Retired first: no follower can join after the list is taken.
@@ -536,8 +684,12 @@ impl Publisher {
 }
 
 impl Drop for Publisher {
+    #[inline]
     fn drop(&mut self) {
-        self.finish(None, false);
+        // Retired already on the common path: nothing to call.
+        if !self.done {
+            self.finish(None, false);
+        }
     }
 }
 
@@ -586,7 +738,7 @@ impl Drop for Waiter {
                 return;
             }
             // The leader went away and nobody waits any more.
-            map.remove_flight(self.flight, None)
+            map.remove_flight(&self.shared, self.flight, None)
                 .and_then(|flight| flight.task)
         };
         // The detached work is dropped.
@@ -641,7 +793,7 @@ mod tests {
             hash,
             Entry {
                 key: StoredKey::new(other),
-                state: State::Flight(Flight::new(u64::MAX)),
+                state: State::Flight(Flight::new(u64::MAX, Slot::None)),
             },
         );
         assert!(matches!(shared.join(KEY), Join::Bypass));
@@ -682,7 +834,7 @@ mod tests {
         assert_eq!((shared.len(), shared.flights()), (0, 0));
         // The periodic sweep drops idle entries.
         tokio::time::advance(Duration::from_secs(10)).await;
-        lock(&shared.map).sweep(Instant::now(), shared.sweep_period());
+        lock(&shared.map).sweep(&shared, Instant::now());
         assert_eq!(entries(&shared), 0);
     }
 
@@ -730,6 +882,74 @@ mod tests {
         // key, which belongs to the second flight.
         assert!(second.retire_if_alone());
         assert_eq!((shared.len(), shared.flights()), (0, 0));
+    }
+
+    #[test]
+    fn flights_beyond_the_slots_retire_under_the_lock() {
+        let shared = shared();
+        let keys: Vec<Vec<u8>> = (0..SLOTS + 10)
+            .map(|i| format!("GET http://example.com/{i}").into_bytes())
+            .collect();
+        let mut publishers: Vec<_> = keys.iter().map(|key| lead(&shared, key)).collect();
+        assert_eq!(shared.flights(), SLOTS + 10);
+        // A flight without a slot word still takes followers.
+        let (waiter, mut rx) = follow(&shared, &keys[SLOTS + 1]);
+        assert!(!publishers[SLOTS + 1].retire_if_alone());
+        publishers[SLOTS + 1].publish(Outcome::Failed);
+        assert!(matches!(rx.try_recv(), Ok(Outcome::Failed)));
+        waiter.finished();
+        for (i, publisher) in publishers.iter_mut().enumerate() {
+            if i != SLOTS + 1 {
+                assert!(publisher.retire_if_alone());
+            }
+        }
+        assert_eq!((shared.len(), shared.flights()), (0, 0));
+        // Every word is free again: the next leaders retire without the lock.
+        drop(publishers);
+        let publisher = lead(&shared, KEY);
+        assert!(publisher.retire_alone());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forgotten_lone_flight_leaves_nothing_behind() {
+        let shared = shared();
+        let mut publisher = lead(&shared, KEY);
+        shared.forget(&Key::from("http://example.com/a"));
+        assert_eq!(shared.flights(), 1);
+        // Displaced, it retires under the lock, out of the displaced map.
+        assert!(publisher.retire_if_alone());
+        assert_eq!(shared.flights(), 0);
+        assert!(lock(&shared.map).displaced.is_empty());
+    }
+
+    #[test]
+    fn a_follower_and_a_lone_retire_never_both_win() {
+        // The leader retires without the lock while another thread joins
+        // under it: either the follower is answered, or it leads itself.
+        let shared = shared();
+        for _ in 0..2_000 {
+            let mut publisher = lead(&shared, KEY);
+            let joining = {
+                let shared = shared.clone();
+                std::thread::spawn(move || shared.join(KEY))
+            };
+            let alone = publisher.retire_if_alone();
+            match joining.join().unwrap() {
+                Join::Follow(waiter, mut rx) => {
+                    assert!(!alone, "a follower joined a retired flight");
+                    publisher.publish(Outcome::Failed);
+                    assert!(matches!(rx.try_recv(), Ok(Outcome::Failed)));
+                    waiter.finished();
+                }
+                Join::Lead(mut next) => {
+                    assert!(alone, "a second leader while the first runs");
+                    assert!(next.retire_if_alone());
+                }
+                Join::Bypass => panic!("no marker, no collision"),
+            }
+            drop(publisher);
+            assert_eq!((shared.len(), shared.flights()), (0, 0));
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -203,8 +203,8 @@ pub(crate) struct Leader<F, B: Body, P = Http> {
 
 /// Which responses a flight shares with its followers.
 pub(crate) trait Policy {
-    /// Judges the response head (`body` unread: only its size hint is known).
-    fn head<B: Body>(parts: &Parts, body: &B, cap: usize) -> Verdict;
+    /// Judges the response head (its body unread: only its size hint is known).
+    fn head<B: Body>(res: &Response<B>, cap: usize) -> Verdict;
     /// Judges the response once its body is buffered.
     fn complete(parts: &Parts, body: &Collected) -> Verdict;
 }
@@ -226,8 +226,8 @@ pub(crate) enum Http {}
 
 impl Policy for Http {
     #[inline]
-    fn head<B: Body>(parts: &Parts, body: &B, cap: usize) -> Verdict {
-        if shareable(&parts.headers, body, cap) {
+    fn head<B: Body>(res: &Response<B>, cap: usize) -> Verdict {
+        if shareable(res.headers(), res.body(), cap) {
             Verdict::Share
         } else {
             Verdict::Release
@@ -361,7 +361,7 @@ enum Led<B: Body> {
 /// nobody waiting: the uncontended case, streamed through untouched),
 /// `Continue` with the buffering of the body for the followers.
 #[allow(clippy::type_complexity)]
-#[inline]
+#[inline(always)]
 fn called<B, E, P>(
     res: Result<Response<B>, E>,
     publisher: &mut Publisher,
@@ -378,16 +378,16 @@ where
         }
     };
     let cap = publisher.shared().config.max_body_size;
-    let (parts, body) = res.into_parts();
-    let verdict = P::head(&parts, &body, cap);
+    let verdict = P::head(&res, cap);
     if verdict != Verdict::Share {
         publisher.release(verdict == Verdict::Release);
-        return Break(Ok(Response::from_parts(parts, CoalesceBody::inner(body))));
+        return Break(Ok(res.map(CoalesceBody::inner)));
     }
     if publisher.retire_if_alone() {
         // Nobody to share with: no buffering, no copy.
-        return Break(Ok(Response::from_parts(parts, CoalesceBody::inner(body))));
+        return Break(Ok(res.map(CoalesceBody::inner)));
     }
+    let (parts, body) = res.into_parts();
     Continue(Box::new((parts, Box::pin(collect_capped(body, cap)))))
 }
 

@@ -256,12 +256,12 @@ where
 pub(crate) enum Grpc {}
 
 impl Policy for Grpc {
-    fn head<B: Body>(parts: &Parts, _body: &B, cap: usize) -> Verdict {
-        if parts.status != StatusCode::OK || failed_early(&parts.headers) {
+    fn head<B: Body>(res: &Response<B>, cap: usize) -> Verdict {
+        if res.status() != StatusCode::OK || failed_early(res.headers()) {
             return Verdict::Failed;
         }
         // The length is checked as the body is collected: gRPC bodies have none.
-        if shareable(&parts.headers, &Empty::<Bytes>::new(), cap) {
+        if shareable(res.headers(), &Empty::<Bytes>::new(), cap) {
             Verdict::Share
         } else {
             Verdict::Release

@@ -125,11 +125,13 @@
 //! allocation, the boxed upstream call, which can move to a task should its
 //! leader go away. Its key is built in a stack buffer and hashed once
 //! (SipHash with per-layer random keys: hostile URLs cannot collide on
-//! purpose); the map of in-flight keys is locked twice, to join and to
-//! leave, and keeps the entry of a key that went idle for its next request
-//! (keys up to 80 bytes inline, longer ones copied once). A lone leader's
-//! response streams through untouched. `benches/coalesce.rs` measures it
-//! against the bare service.
+//! purpose); the map of in-flight keys is locked once, to join: a leader
+//! nobody joined retires its flight by one compare-and-swap of the flight's
+//! slot word, and the entry stays for the key's next request (keys up to 80
+//! bytes inline, longer ones copied once). A lone leader's response streams
+//! through untouched. `benches/coalesce.rs` measures it against the bare
+//! service: about 1 540 instructions over a bare `service_fn` per request
+//! (`valgrind --tool=callgrind`, see the bench's docs).
 //!
 //! # Metrics
 //!
