@@ -9,8 +9,7 @@ use std::{
 use bytes::Bytes;
 use http::{
     header::{CONTENT_LENGTH, CONTENT_LOCATION, LOCATION},
-    response::Parts,
-    HeaderMap, Request, Response, StatusCode, Uri,
+    Extensions, HeaderMap, Request, Response, StatusCode, Uri,
 };
 use http_body::{Body, SizeHint};
 use pin_project_lite::pin_project;
@@ -175,12 +174,17 @@ impl Forward {
     /// What becomes of a response; `size_hint` is its body's (a lower bound
     /// over the cap skips storing). A full response that replaces a stored
     /// one but is not stored itself removes it: the stored one is outdated.
-    fn classify(&mut self, parts: &Parts, size_hint: &SizeHint) -> Outcome {
-        let outcome = self.outcome(parts, size_hint);
+    fn classify(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        size_hint: &SizeHint,
+    ) -> Outcome {
+        let outcome = self.outcome(status, headers, size_hint);
         if let (Outcome::Pass, Some(_), Some(key)) = (&outcome, &self.stale, &self.key) {
             // A HEAD's answer has no body to replace the stored one with.
-            let full = !self.head && parts.status != StatusCode::NOT_MODIFIED;
-            if full && !parts.status.is_server_error() {
+            let full = !self.head && status != StatusCode::NOT_MODIFIED;
+            if full && !status.is_server_error() {
                 self.shared.store.remove(key);
             }
         }
@@ -188,17 +192,22 @@ impl Forward {
     }
 
     /// The key goes with a response to store (an `Inserter`).
-    fn outcome(&mut self, parts: &Parts, size_hint: &SizeHint) -> Outcome {
+    fn outcome(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        size_hint: &SizeHint,
+    ) -> Outcome {
         let Some(key) = &self.key else {
             return Outcome::Pass;
         };
         let settings = &self.shared.settings;
         let timing = || Timing::now(self.request_time, settings.default_ttl);
-        if parts.status == StatusCode::NOT_MODIFIED {
+        if status == StatusCode::NOT_MODIFIED {
             return match (&self.stale, self.revalidating) {
                 (Some(stale), true) => {
                     let variant = Arc::new(stale.refreshed(
-                        &parts.headers,
+                        headers,
                         timing(),
                         settings.status_header.as_ref(),
                     ));
@@ -211,29 +220,28 @@ impl Forward {
         let cap = settings.max_body_size;
         if self.head
             || size_hint.lower() > cap as u64
-            || content_length(&parts.headers).is_some_and(|l| l > cap)
-            || (settings.default_ttl.is_none()
-                && !policy::has_freshness_information(&parts.headers))
+            || content_length(headers).is_some_and(|l| l > cap)
+            || (settings.default_ttl.is_none() && !policy::has_freshness_information(headers))
         {
             return Outcome::Pass;
         }
-        let cc = ResponseCc::parse(&parts.headers);
-        let freshness = || Freshness::with_cc(cc, parts.status, &parts.headers, timing());
+        let cc = ResponseCc::parse(headers);
+        let freshness = || Freshness::with_cc(cc, status, headers, timing());
         // Dates and the clock are read only for a response not refused first.
         let mut fresh = None;
         let req = StoreRequest::new(&self.req_headers, self.req_cc, settings.store_set_cookie);
         let fresh_for = || fresh.insert(freshness()).fresh_for();
-        if policy::storable(&req, parts.status, &parts.headers, &cc, fresh_for).is_err() {
+        if policy::storable(&req, status, headers, &cc, fresh_for).is_err() {
             return Outcome::Pass;
         }
         let fresh = fresh.unwrap_or_else(freshness);
-        let Vary::Names(names) = policy::vary(&parts.headers) else {
+        let Vary::Names(names) = policy::vary(headers) else {
             return Outcome::Pass;
         };
         let tag_header = settings.tag_header.as_ref();
         let mut variant = Variant::new(
-            parts.status,
-            policy::headers_to_store(&parts.headers, tag_header),
+            status,
+            policy::headers_to_store(headers, tag_header),
             fresh,
             settings.status_header.as_ref(),
         );
@@ -245,7 +253,7 @@ impl Forward {
             })
             .collect();
         if let Some(tag_header) = tag_header {
-            variant.tags = tags(&parts.headers, tag_header);
+            variant.tags = tags(headers, tag_header);
         }
         match self.key.take() {
             Some(key) => Outcome::Store(Inserter {
@@ -258,29 +266,30 @@ impl Forward {
         }
     }
 
-    /// Turns the upstream response into the client's.
-    fn respond<B>(mut self, res: Response<B>) -> Response<CacheBody<B>>
+    /// Turns the upstream response into the client's, in place: the
+    /// response is moved once, when its body is wrapped.
+    fn respond<B>(mut self, mut res: Response<B>) -> Response<CacheBody<B>>
     where
         B: Body<Data = Bytes>,
     {
-        let (mut parts, body) = res.into_parts();
-        if parts.status.is_server_error() {
-            if let Some(stale) = self.stale_for_error(Some(parts.status)) {
+        let upstream = res.status();
+        if upstream.is_server_error() {
+            if let Some(stale) = self.stale_for_error(Some(upstream)) {
                 return stale;
             }
         }
         if let Some(invalidate) = &self.invalidate {
-            if parts.status.is_success() || parts.status.is_redirection() {
-                invalidate.run(&self.shared, &parts.headers);
+            if upstream.is_success() || upstream.is_redirection() {
+                invalidate.run(&self.shared, res.headers());
             }
         }
         let mut status = Status {
             fwd: Some(self.fwd),
-            fwd_status: Some(parts.status),
-            collapsed: is_collapsed(&parts),
+            fwd_status: Some(upstream),
+            collapsed: is_collapsed(res.extensions()),
             ..Status::default()
         };
-        let body = match self.classify(&parts, &body.size_hint()) {
+        let inserter = match self.classify(upstream, res.headers(), &res.body().size_hint()) {
             Outcome::Refreshed(variant) => {
                 status.stored = true;
                 let now = Instant::now();
@@ -295,25 +304,31 @@ impl Forward {
             }
             Outcome::Store(inserter) => {
                 status.stored = true;
-                Tee::new(body, self.shared.settings.max_body_size, inserter)
+                Some(inserter)
             }
-            Outcome::Pass => Tee::passthrough(body),
+            Outcome::Pass => None,
         };
         // Both are addressed to this cache. One pass over the names is
         // cheaper than hashing them for two removals that mostly find nothing.
+        let headers = res.headers_mut();
         let tag_header = self.shared.settings.tag_header.as_ref();
-        if parts
-            .headers
+        if headers
             .keys()
             .any(|name| name == policy::SURROGATE_CONTROL || Some(name) == tag_header)
         {
-            parts.headers.remove(policy::SURROGATE_CONTROL);
+            headers.remove(policy::SURROGATE_CONTROL);
             if let Some(tag_header) = tag_header {
-                parts.headers.remove(tag_header);
+                headers.remove(tag_header);
             }
         }
-        status.apply(&self.shared, &mut parts.headers);
-        Response::from_parts(parts, CacheBody::upstream(body))
+        status.apply(&self.shared, headers);
+        let cap = self.shared.settings.max_body_size;
+        res.map(|body| {
+            CacheBody::upstream(match inserter {
+                Some(inserter) => Tee::new(body, cap, inserter),
+                None => Tee::passthrough(body),
+            })
+        })
     }
 
     /// The stale response, when `stale-if-error` lets it answer for an
@@ -364,7 +379,9 @@ impl Forward {
         let _done = Done(self.stale.clone());
         let Ok(res) = future.await else { return };
         let (parts, body) = res.into_parts();
-        if let Outcome::Store(inserter) = self.classify(&parts, &body.size_hint()) {
+        if let Outcome::Store(inserter) =
+            self.classify(parts.status, &parts.headers, &body.size_hint())
+        {
             let cap = self.shared.settings.max_body_size;
             if let Capped::Complete(collected) = collect_capped(body, cap).await {
                 Sink::complete(inserter, collected);
@@ -375,17 +392,14 @@ impl Forward {
 
 /// RFC 9211 `collapsed`: whether the coalescing layer beneath the cache
 /// shared this response with other waiting requests.
-pub(crate) fn is_collapsed(parts: &Parts) -> bool {
+pub(crate) fn is_collapsed(extensions: &Extensions) -> bool {
     #[cfg(feature = "coalesce")]
     {
-        parts
-            .extensions
-            .get::<crate::coalesce::Collapsed>()
-            .is_some()
+        extensions.get::<crate::coalesce::Collapsed>().is_some()
     }
     #[cfg(not(feature = "coalesce"))]
     {
-        let _ = parts;
+        let _ = extensions;
         false
     }
 }

@@ -257,7 +257,7 @@ where
     let mut status = Status {
         fwd: Some(fwd),
         fwd_status: Some(parts.status),
-        collapsed: is_collapsed(&parts),
+        collapsed: is_collapsed(&parts.extensions),
         ..Status::default()
     };
     let settings = &shared.settings;
