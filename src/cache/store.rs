@@ -44,8 +44,8 @@ pub(crate) struct Variant {
 }
 
 /// The value last made for a key, handed to the next caller asking for the
-/// same key: header values that many responses repeat cost two reference
-/// counts instead of formatting and an allocation. Readers share the lock
+/// same key: what many responses repeat (a `Cache-Status` value, a hit's
+/// header map) is shared instead of made anew. Readers share the lock
 /// (a hot key's hits do not exclude each other); nothing ever waits: while
 /// the value is being replaced, callers make their own.
 #[derive(Debug)]
