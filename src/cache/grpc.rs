@@ -25,7 +25,6 @@ use tower_service::Service;
 use super::{
     body::{CacheBody, Inserter},
     future::{is_collapsed, tags, Forward, ResponseFuture},
-    layer::Shared,
     policy::{self, ResponseCc},
     service::{serve, Fwd, Status},
     store::{Freshness, Variant},
@@ -76,7 +75,6 @@ impl<S> Layer<S> for GrpcCacheLayer {
     fn layer(&self, inner: S) -> Self::Service {
         GrpcCache {
             http: self.http.layer(inner),
-            shared: self.http.shared.clone(),
             reads: self.reads.clone(),
         }
     }
@@ -87,7 +85,6 @@ impl<S> Layer<S> for GrpcCacheLayer {
 #[derive(Clone)]
 pub struct GrpcCache<S> {
     http: CacheService<S>,
-    shared: Arc<Shared>,
     reads: GrpcReads,
 }
 
@@ -190,12 +187,12 @@ where
         let ttl = self
             .reads
             .ttl_for(path)
-            .or(self.shared.settings.default_ttl);
+            .or(self.http.shared().settings.default_ttl);
         // The body is read before the call: the ready service goes with
         // the request, a clone stays (polled ready before its own call).
         let clone = self.http.clone();
         let svc = std::mem::replace(&mut self.http, clone);
-        let fut = read(svc, self.shared.clone(), self.reads.clone(), ttl, req);
+        let fut = read(svc, self.reads.clone(), ttl, req);
         GrpcResponseFuture {
             kind: Kind::Read { fut: Box::pin(fut) },
         }
@@ -206,7 +203,6 @@ where
 /// when it succeeds.
 async fn read<S, ReqBody, ResBody>(
     mut svc: CacheService<S>,
-    shared: Arc<Shared>,
     reads: GrpcReads,
     ttl: Option<Duration>,
     req: Request<ReqBody>,
@@ -216,6 +212,7 @@ where
     ReqBody: Body<Data = Bytes>,
     ResBody: Body<Data = Bytes>,
 {
+    let shared = svc.shared().clone();
     let now = Instant::now();
     let (parts, body) = req.into_parts();
     let (message, body) = reads.read(body).await;

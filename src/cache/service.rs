@@ -52,6 +52,10 @@ impl<S> CacheService<S> {
         Self { inner, shared }
     }
 
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Gets a reference to the underlying service.
     pub fn get_ref(&self) -> &S {
         &self.inner
