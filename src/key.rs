@@ -295,6 +295,14 @@ impl KeyOptions {
         &self.headers
     }
 
+    /// Whether a key is exactly its (optional) method and its target: no
+    /// request-header lines and no key function, so the keys of a target's
+    /// reads can be built rather than searched for.
+    #[cfg(feature = "coalesce")]
+    pub(crate) fn keys_are_targets(&self) -> bool {
+        self.headers.is_empty() && self.key_fn.is_none()
+    }
+
     /// Replaces the key with the result of `f`; `None` means "do not key this
     /// request" (the layer passes it through untouched).
     pub fn key_fn<F>(mut self, f: F) -> Self

@@ -665,6 +665,16 @@ async fn bodies_conditionals_other_methods_and_declined_keys_bypass() {
 
 #[tokio::test(start_paused = true)]
 async fn a_write_forgets_the_in_flight_reads_of_its_target() {
+    // Keys of method and target alone, and keys with request-header lines.
+    for key_options in [
+        KeyOptions::new(),
+        KeyOptions::new().header(header::ACCEPT_LANGUAGE),
+    ] {
+        a_write_forgets_the_in_flight_reads(key_options).await;
+    }
+}
+
+async fn a_write_forgets_the_in_flight_reads(key_options: KeyOptions) {
     let version = Arc::new(AtomicUsize::new(0));
     let reads = Arc::new(AtomicUsize::new(0));
     let (v, r) = (version.clone(), reads.clone());
@@ -682,9 +692,7 @@ async fn a_write_forgets_the_in_flight_reads_of_its_target() {
             }
         }
     }));
-    let svc = CoalesceLayer::new()
-        .key_options(KeyOptions::new().header(header::ACCEPT_LANGUAGE))
-        .layer(backend);
+    let svc = CoalesceLayer::new().key_options(key_options).layer(backend);
     let first = spawn_all(&svc, vec![get(URI), get(URI)]);
     tokio::time::sleep(ms(10)).await;
     let (written, _) = send_all(&svc, vec![request(Method::PUT, URI)])

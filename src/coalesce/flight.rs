@@ -22,7 +22,7 @@ use tokio::{sync::oneshot, task::AbortHandle, time::Instant};
 use super::layer::Config;
 use crate::{
     body::Collected,
-    key::{Key, Prehashed},
+    key::{Key, KeyBuf, KeySink, Prehashed},
 };
 
 /// The map is swept of expired hit-for-miss markers and idle entries when it
@@ -416,26 +416,49 @@ impl Shared {
     /// `target` (a key without method, up to its request-header lines). The
     /// calls go on for the followers they have; new requests start afresh.
     pub(crate) fn forget(&self, target: &Key) {
+        let target = target.as_bytes();
+        // Hashed before the lock is taken. Without header lines or a key
+        // function the reads' keys are known: two lookups rather than a
+        // pass over every entry, under the lock, for each write.
+        let reads = self.config.key.keys_are_targets().then(|| {
+            [&b"GET "[..], b"HEAD "].map(|method| {
+                let mut key = KeyBuf::new();
+                key.put(method);
+                key.put(target);
+                (self.hash(key.as_bytes()), key)
+            })
+        });
         let mut guard = lock(&self.map);
         let map = &mut *guard;
         if map.entries.is_empty() {
             return;
         }
-        let target = target.as_bytes();
-        let hits: Vec<u64> = map
-            .entries
-            .iter()
-            .filter(|(_, entry)| {
-                let key = entry.key.as_bytes();
-                let rest = key
-                    .strip_prefix(b"GET ")
-                    .or_else(|| key.strip_prefix(b"HEAD "));
-                rest.is_some_and(|rest| {
-                    rest.starts_with(target) && matches!(rest.get(target.len()), None | Some(b'\n'))
+        let hits: Vec<u64> = match &reads {
+            Some(reads) => reads
+                .iter()
+                .filter(|(hash, key)| {
+                    map.entries
+                        .get(hash)
+                        .is_some_and(|entry| entry.key.as_bytes() == key.as_bytes())
                 })
-            })
-            .map(|(hash, _)| *hash)
-            .collect();
+                .map(|(hash, _)| *hash)
+                .collect(),
+            None => map
+                .entries
+                .iter()
+                .filter(|(_, entry)| {
+                    let key = entry.key.as_bytes();
+                    let rest = key
+                        .strip_prefix(b"GET ")
+                        .or_else(|| key.strip_prefix(b"HEAD "));
+                    rest.is_some_and(|rest| {
+                        rest.starts_with(target)
+                            && matches!(rest.get(target.len()), None | Some(b'\n'))
+                    })
+                })
+                .map(|(hash, _)| *hash)
+                .collect(),
+        };
         for hash in hits {
             if let Some(Entry {
                 state: State::Flight(mut flight),
@@ -882,6 +905,43 @@ mod tests {
         // key, which belongs to the second flight.
         assert!(second.retire_if_alone());
         assert_eq!((shared.len(), shared.flights()), (0, 0));
+    }
+
+    #[test]
+    fn a_write_forgets_the_reads_of_its_target_and_no_others() {
+        let with_headers = Config {
+            key: crate::key::KeyOptions::new().header(http::header::ACCEPT_LANGUAGE),
+            ..Config::default()
+        };
+        // Keys as built (looked up) and with header lines (searched for).
+        for (config, line) in [
+            (Config::default(), ""),
+            (with_headers, "\naccept-language:"),
+        ] {
+            let shared = Arc::new(Shared::new(config));
+            let key = |read: &str| format!("{read}{line}").into_bytes();
+            let reads = ["GET http://example.com/a", "HEAD http://example.com/a"];
+            let others = [
+                "GET http://example.com/ab",
+                "GET http://example.com/a/b",
+                "GET http://example.org/a",
+            ];
+            let mut publishers: Vec<_> = reads
+                .iter()
+                .chain(&others)
+                .map(|read| lead(&shared, &key(read)))
+                .collect();
+            shared.forget(&Key::from("http://example.com/a"));
+            for read in reads {
+                assert!(matches!(shared.join(&key(read)), Join::Lead(_)), "{read}");
+            }
+            for read in others {
+                let (_waiter, _rx) = follow(&shared, &key(read));
+            }
+            for publisher in &mut publishers {
+                publisher.publish(Outcome::Release);
+            }
+        }
     }
 
     #[test]
