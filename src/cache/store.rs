@@ -508,6 +508,24 @@ mod tests {
         assert_eq!((store.entry_count(), store.weighted_size()), (0, 0));
     }
 
+    #[tokio::test]
+    async fn a_response_heavier_than_a_shard_is_not_stored() {
+        // 64 MiB: four shards of 16 MiB. A response a little heavier than
+        // one shard fits in none of them.
+        let store = MemoryStore::new(64 << 20);
+        let shards = store.cache.num_shards() as u64;
+        assert!(shards > 1 && (64 << 20) / shards >= MIN_SHARD_CAPACITY);
+        let per_shard = ((64 << 20) / shards) as usize;
+        let too_big = variant(None, vec![b'b'; per_shard + 1024]);
+        store.insert(Key::from("http://a/too-big"), vec![too_big].into());
+        assert!(store.get(KeyRef::new(b"http://a/too-big")).is_none());
+        assert_eq!(store.weighted_size(), 0, "nothing else was evicted for it");
+
+        let fits = variant(None, vec![b'f'; 1 << 20]);
+        store.insert(Key::from("http://a/fits"), vec![fits].into());
+        assert!(store.get(KeyRef::new(b"http://a/fits")).is_some());
+    }
+
     #[test]
     fn path_of_keys() {
         assert_eq!(path_of(b"http://a.com/x/y?z"), b"/x/y?z");
