@@ -8,12 +8,12 @@ use std::time::{Duration, SystemTime};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{
     header::{
-        ACCEPT_CHARSET, ACCEPT_ENCODING, ACCEPT_LANGUAGE, AGE, AUTHORIZATION, CACHE_CONTROL,
-        CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, DATE, ETAG, EXPIRES,
-        IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
-        SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
+        ACCEPT_CHARSET, ACCEPT_ENCODING, ACCEPT_LANGUAGE, AGE, CACHE_CONTROL, CONNECTION,
+        CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE,
+        IF_NONE_MATCH, LAST_MODIFIED, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE,
+        TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
     },
-    HeaderMap, HeaderName, StatusCode,
+    HeaderMap, HeaderName, HeaderValue, StatusCode,
 };
 
 /// The largest delta-seconds value kept (RFC 9111 §1.2.2).
@@ -292,10 +292,11 @@ pub(crate) struct StoreRequest {
 }
 
 impl StoreRequest {
-    pub(crate) fn new(headers: &HeaderMap, cc: RequestCc, store_set_cookie: bool) -> Self {
+    /// `authorization`: whether the request carried `Authorization`.
+    pub(crate) fn new(authorization: bool, cc: RequestCc, store_set_cookie: bool) -> Self {
         Self {
             cc,
-            authorization: headers.contains_key(AUTHORIZATION),
+            authorization,
             store_set_cookie,
         }
     }
@@ -551,8 +552,12 @@ pub(crate) fn vary(headers: &HeaderMap) -> Vary {
 /// members trimmed and joined by `,`, and lowercased for the headers whose
 /// values are case-insensitive (`Accept-Encoding`, `Accept-Language`,
 /// `Accept-Charset`). `None` when the header is absent.
-pub(crate) fn selecting_value(headers: &HeaderMap, name: &HeaderName) -> Option<Bytes> {
-    let mut lines = headers.get_all(name).iter().peekable();
+/// `lines` are the request's lines of `name`.
+pub(crate) fn selecting_value<'a>(
+    lines: impl IntoIterator<Item = &'a HeaderValue>,
+    name: &HeaderName,
+) -> Option<Bytes> {
+    let mut lines = lines.into_iter().peekable();
     lines.peek()?;
     let mut out = BytesMut::new();
     for line in lines {
@@ -647,7 +652,7 @@ pub(crate) fn merge_headers(stored: &HeaderMap, update: &HeaderMap) -> HeaderMap
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use http::header::AUTHORIZATION;
     use proptest::prelude::*;
 
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -817,7 +822,11 @@ mod tests {
     }
 
     fn store_req(headers: &HeaderMap) -> StoreRequest {
-        StoreRequest::new(headers, RequestCc::parse(headers), false)
+        StoreRequest::new(
+            headers.contains_key(AUTHORIZATION),
+            RequestCc::parse(headers),
+            false,
+        )
     }
 
     fn check(req: &HeaderMap, status: u16, res: &HeaderMap) -> Result<(), NotStorable> {
@@ -1083,16 +1092,22 @@ mod tests {
             ("accept", "*/*"),
         ]);
         let b = h(&[("accept", "text/html,application/json,*/*")]);
-        assert_eq!(selecting_value(&a, &name), selecting_value(&b, &name));
-        assert_eq!(selecting_value(&HeaderMap::new(), &name), None);
+        assert_eq!(
+            selecting_value(a.get_all(&name), &name),
+            selecting_value(b.get_all(&name), &name)
+        );
+        assert_eq!(
+            selecting_value(HeaderMap::new().get_all(&name), &name),
+            None
+        );
         let lang = HeaderName::from_static("accept-language");
         assert_eq!(
-            selecting_value(&h(&[("accept-language", "eN, De")]), &lang),
-            selecting_value(&h(&[("accept-language", "en,de")]), &lang)
+            selecting_value(h(&[("accept-language", "eN, De")]).get_all(&lang), &lang),
+            selecting_value(h(&[("accept-language", "en,de")]).get_all(&lang), &lang)
         );
         let case_sensitive = h(&[("accept", "Text/HTML")]);
         assert_eq!(
-            selecting_value(&case_sensitive, &name).unwrap(),
+            selecting_value(case_sensitive.get_all(&name), &name).unwrap(),
             "Text/HTML"
         );
     }
@@ -1175,12 +1190,13 @@ mod tests {
                 let req = RequestCc::parse(&map);
                 let life = freshness_lifetime(StatusCode::OK, &map, &res, now, None);
                 let _ = initial_age(&map, now, Duration::from_secs(1));
-                let _ = storable(&StoreRequest::new(&map, req, false), StatusCode::OK, &map, &res, || life);
+                let _ = storable(&StoreRequest::new(map.contains_key(AUTHORIZATION), req, false), StatusCode::OK, &map, &res, || life);
                 let _ = decide(&res, &req, Duration::from_secs(DELTA_MAX), life, Duration::MAX);
                 let _ = stale_if_error(&res, &req, Duration::MAX, Duration::MAX);
                 let _ = not_modified(&map, StatusCode::OK, &map);
                 let _ = vary(&map);
-                let _ = selecting_value(&map, &HeaderName::from_static("vary"));
+                let vary = HeaderName::from_static("vary");
+                let _ = selecting_value(map.get_all(&vary), &vary);
                 let _ = headers_to_store(&map, None);
                 let _ = merge_headers(&map, &map);
                 prop_assert!(res.max_age.map_or(true, |v| v <= DELTA_MAX));

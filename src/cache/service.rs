@@ -188,17 +188,13 @@ impl<S> CacheService<S> {
         if req_cc.only_if_cached {
             return ResponseFuture::ready(gateway_timeout(shared));
         }
-        let req_headers = req.headers().clone();
-        let revalidating = stale.as_ref().is_some_and(|v| conditionalize(&mut req, v));
-        let forward = Forward {
-            key: Some(key.to_key()),
-            head,
-            req_cc,
-            req_headers,
-            stale,
-            revalidating,
-            ..Forward::pass(shared, now, fwd, None)
-        };
+        let mut forward = Forward::pass(shared, now, fwd, None);
+        forward.key = Some(key.to_key());
+        forward.head = head;
+        forward.req_cc = req_cc;
+        forward.req_headers.keep(req.headers());
+        forward.revalidating = stale.as_ref().is_some_and(|v| conditionalize(&mut req, v));
+        forward.stale = stale;
         ResponseFuture::upstream(self.inner.call(req), forward)
     }
 
@@ -224,18 +220,14 @@ impl<S> CacheService<S> {
         if stale.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let req_headers = req.headers().clone();
-        let revalidating = conditionalize(&mut req, &stale);
+        let mut forward = Forward::pass(&self.shared, now, Fwd::Stale, None);
+        forward.key = Some(key);
+        forward.req_cc = req_cc;
+        forward.req_headers.keep(req.headers());
+        forward.revalidating = conditionalize(&mut req, &stale);
+        forward.stale = Some(stale);
         // The entry is a GET's: refresh it with a GET even when a HEAD came.
         *req.method_mut() = Method::GET;
-        let forward = Forward {
-            key: Some(key),
-            req_cc,
-            req_headers,
-            stale: Some(stale),
-            revalidating,
-            ..Forward::pass(&self.shared, now, Fwd::Stale, None)
-        };
         let future = self.inner.call(req);
         runtime.spawn(forward.refresh(future));
     }

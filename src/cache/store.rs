@@ -201,7 +201,7 @@ impl Variant {
     pub(crate) fn matches(&self, request: &HeaderMap) -> bool {
         self.vary
             .iter()
-            .all(|(name, value)| policy::selecting_value(request, name) == *value)
+            .all(|(name, value)| policy::selecting_value(request.get_all(name), name) == *value)
     }
 
     /// Whether the variant has a validator to revalidate with.
