@@ -137,7 +137,8 @@ pub(crate) struct Forward {
     pub(crate) stale: Option<Arc<Variant>>,
     /// Whether the request carries the stored response's validators.
     pub(crate) revalidating: bool,
-    pub(crate) invalidate: Option<Invalidate>,
+    /// Unsafe methods only (boxed: every read carries the field).
+    pub(crate) invalidate: Option<Box<Invalidate>>,
 }
 
 /// The client's request headers, kept for when its response arrives: a
@@ -208,7 +209,7 @@ impl Forward {
         shared: &Arc<Shared>,
         request_time: Instant,
         fwd: Fwd,
-        invalidate: Option<Invalidate>,
+        invalidate: Option<Box<Invalidate>>,
     ) -> Box<Self> {
         Box::new(Self {
             shared: shared.clone(),

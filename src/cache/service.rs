@@ -96,7 +96,7 @@ where
         let head = req.method() == Method::HEAD;
         if req.method() != Method::GET && !head {
             let invalidate = is_unsafe(req.method())
-                .then(|| Invalidate::new(settings, &req))
+                .then(|| Invalidate::new(settings, &req).map(Box::new))
                 .flatten();
             let forward = Forward::pass(shared, now, Fwd::Method, invalidate);
             return ResponseFuture::upstream(self.inner.call(req), forward);
