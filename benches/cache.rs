@@ -29,15 +29,19 @@ use tower_perf::cache::{CacheLayer, CacheService};
 
 const SIZES: [(&str, usize); 2] = [("1KiB", 1024), ("100KiB", 100 * 1024)];
 
+/// Its routes built once (`with_state`), as `axum::serve` builds them: a
+/// router called as it is would build its handler's route on every request.
 fn app(size: usize, cache_control: &'static str) -> Router {
     let body = Bytes::from(vec![b'x'; size]);
-    Router::new().route(
-        "/{*path}",
-        get(move || {
-            let body = body.clone();
-            async move { ([("cache-control", cache_control)], body) }
-        }),
-    )
+    Router::new()
+        .route(
+            "/{*path}",
+            get(move || {
+                let body = body.clone();
+                async move { ([("cache-control", cache_control)], body) }
+            }),
+        )
+        .with_state(())
 }
 
 fn cached(size: usize, cache_control: &'static str) -> Router {
