@@ -69,17 +69,20 @@ impl Drop for Server {
     }
 }
 
+/// Its routes built once (`with_state`), as `axum::serve` builds them.
 fn app(calls: &Arc<AtomicUsize>) -> Router {
     let body = Bytes::from(vec![b'x'; 1024]);
     let calls = calls.clone();
-    Router::new().route(
-        "/{*path}",
-        get(move || {
-            calls.fetch_add(1, Ordering::Relaxed);
-            let body = body.clone();
-            async move { ([("cache-control", "max-age=3600")], body) }
-        }),
-    )
+    Router::new()
+        .route(
+            "/{*path}",
+            get(move || {
+                calls.fetch_add(1, Ordering::Relaxed);
+                let body = body.clone();
+                async move { ([("cache-control", "max-age=3600")], body) }
+            }),
+        )
+        .with_state(())
 }
 
 fn cached(url: &str, calls: &Arc<AtomicUsize>, l1_bytes: u64) -> (Router, CacheHandle) {
