@@ -7,7 +7,7 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState},
+    hash::{BuildHasher, BuildHasherDefault, Hasher},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, PoisonError,
@@ -41,7 +41,7 @@ const SLOTS: usize = 256;
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) counters: Counters,
-    hasher: RandomState,
+    hasher: foldhash::quality::RandomState,
     map: Mutex<Map>,
     /// The retirement word of each flight that can retire without the lock,
     /// by flight id modulo [`SLOTS`].
@@ -254,7 +254,7 @@ impl Shared {
         Self {
             config,
             counters: Counters::new(),
-            hasher: RandomState::new(),
+            hasher: Default::default(),
             map: Mutex::new(Map {
                 entries: HashMap::default(),
                 displaced: HashMap::default(),
@@ -498,7 +498,7 @@ impl Shared {
         keyed + map.displaced.len()
     }
 
-    /// SipHash with per-layer random keys, so hostile URLs cannot collide
+    /// foldhash with a per-layer random seed, so hostile URLs cannot collide
     /// on purpose (a collision would keep a hot key from coalescing).
     fn hash(&self, key: &[u8]) -> u64 {
         let mut hasher = self.hasher.build_hasher();

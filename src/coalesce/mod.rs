@@ -124,7 +124,7 @@
 //! A request that finds its key idle (the uncontended case) costs one
 //! allocation, the boxed upstream call, which can move to a task should its
 //! leader go away. Its key is built in a stack buffer and hashed once
-//! (SipHash with per-layer random keys: hostile URLs cannot collide on
+//! (foldhash with a per-layer random seed: hostile URLs cannot collide on
 //! purpose); the map of in-flight keys is locked once, to join: a leader
 //! nobody joined retires its flight by one compare-and-swap of the flight's
 //! slot word, and the entry stays for the key's next request (keys up to 80
