@@ -498,8 +498,8 @@ impl Shared {
         keyed + map.displaced.len()
     }
 
-    /// foldhash with a per-layer random seed, so hostile URLs cannot collide
-    /// on purpose (a collision would keep a hot key from coalescing).
+    /// foldhash with a per-layer random seed, so URLs cannot be chosen in
+    /// advance to collide (a collision would keep a hot key from coalescing).
     fn hash(&self, key: &[u8]) -> u64 {
         let mut hasher = self.hasher.build_hasher();
         hasher.write(key);

@@ -124,8 +124,8 @@
 //! A request that finds its key idle (the uncontended case) costs one
 //! allocation, the boxed upstream call, which can move to a task should its
 //! leader go away. Its key is built in a stack buffer and hashed once
-//! (foldhash with a per-layer random seed: hostile URLs cannot collide on
-//! purpose); the map of in-flight keys is locked once, to join: a leader
+//! (foldhash with a per-layer random seed: URLs cannot be chosen in advance
+//! to collide); the map of in-flight keys is locked once, to join: a leader
 //! nobody joined retires its flight by one compare-and-swap of the flight's
 //! slot word, and the entry stays for the key's next request (keys up to 80
 //! bytes inline, longer ones copied once). A lone leader's response streams

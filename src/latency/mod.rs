@@ -84,9 +84,10 @@
 //! Measured per request (`cargo bench --bench latency -- --warm-up-time 1
 //! --measurement-time 3`, in process, best of 15 interleaved rounds, on a
 //! shared and loaded 2-core VM): about 60–100 ns over a bare `tower`
-//! service with the no-op recorder and about 100–125 ns (1.6–1.9×; median of
-//! five runs 118 ns) with the Prometheus recorder, against a target of
-//! 100 ns. The bare figure moves most from run to run, the layer's least. What it is made of:
+//! service with the no-op recorder and about 100–125 ns (1.6–1.9×; median
+//! of five runs 118 ns) with the Prometheus recorder, against a target of
+//! 100 ns. Between runs the bare figure moves most, the layer's least.
+//! What it is made of:
 //! - the two clock reads, 19 ns (two `std::time::Instant` or
 //!   `tokio::time::Instant` reads, `clock_gettime` calls, cost 49–51 ns
 //!   there);
